@@ -1,0 +1,31 @@
+"""Shared fixtures: real data from ../shared/data through the project's dataset cache."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("NAPARI_FLAG_SHARED", REPO.parent / "shared")).resolve()
+HER2ST = SHARED / "data" / "her2st"
+VISIUM = SHARED / "data" / "visium_mouse_brain_fixture"
+
+# The dataset cache is pre-seeded by the shared HER2ST folder (same relative layout
+# as the upstream repository), so tests never touch the network.
+os.environ.setdefault("NAPARI_FLAG_DATA_DIR", str(HER2ST))
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="session")
+def her2st_dir() -> Path:
+    if not HER2ST.is_dir():
+        pytest.skip(f"shared HER2ST data not found at {HER2ST}")
+    return HER2ST
+
+
+@pytest.fixture(scope="session")
+def visium_dir() -> Path:
+    if not VISIUM.is_dir():
+        pytest.skip(f"shared Visium fixture not found at {VISIUM}")
+    return VISIUM
