@@ -8,9 +8,23 @@
 * an ``.h5ad`` with ``obsm['spatial']``;
 * an image: TIFF/BigTIFF/OME-TIFF (pyramids read lazily), OME-Zarr/zarr,
   JPEG/PNG -> a sample with the image and no spots.
+
+Whatever is on disk, a bad input ends in one ``FlagInputError`` whose single
+line names the file and the problem, and nothing is written for it.  The
+readers check what would otherwise surface later as nonsense: counts that are
+NaN, infinite, negative or not numbers; NaN/infinite or non-numeric
+coordinates; scale factors that are missing or not positive numbers; counts
+and positions that share no spots, or fewer than half of them; zero spots;
+empty, truncated or undecodable images and matrices.  Spot centres off the
+image are an error when they are more than half of the spots (wrong image or
+scale) and only a warning when fewer (kept; their patches read as white).
+JPEG/PNG pixels are decoded lazily: only the header, the end marker (and for
+PNG the chunk checksums) are checked at load, and a decoding failure on first
+pixel access is a ``FlagInputError`` too.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -63,9 +77,15 @@ def detect_format(path: str | Path) -> str:
 
     if isinstance(path, str) and is_dataset_id(path) and not Path(path).exists():
         return "dataset"
+    if not isinstance(path, (str, os.PathLike)):
+        raise FlagInputError(f"{path!r}: not a path or dataset id")
     p = Path(path).expanduser()
     name = p.name.lower()
-    if not p.exists():
+    try:
+        exists = p.exists()
+    except (OSError, ValueError) as exc:  # e.g. an embedded NUL byte, a name too long
+        raise fail(repr(str(path)), f"invalid path ({exc})") from None
+    if not exists:
         raise fail(p, "file or folder not found")
     if p.is_dir():
         if name.endswith(".zarr") or (p / ".zattrs").exists() or (p / "zarr.json").exists() or (p / ".zgroup").exists():

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._util import check_coords, fail, guess_grid, nn_distance_px, reading, require_file
+from ..errors import FlagInputError
+from ._util import check_coords, check_counts, check_in_image, fail, guess_grid, nn_distance_px, reading, require_file
 from .sample import Sample, SlideImage
 
 __all__ = ["read_h5ad", "write_h5ad", "sample_to_anndata", "image_thumbnail"]
@@ -67,8 +68,12 @@ def _image_from_uns(path, lib: dict) -> tuple[SlideImage | None, str | None]:
             best = (name, s)
     if best is None:
         names = ", ".join(f"tissue_{n}_scalef" for n in images.keys())
-        raise fail(path, f"image(s) in uns['spatial'] but missing scale factors ({names})")
+        raise fail(path, f"image(s) in uns['spatial'] but missing or non-numeric scale factors ({names})")
     arr = np.asarray(images[best[0]])
+    if arr.ndim not in (2, 3) or arr.size == 0 or (arr.ndim == 3 and arr.shape[2] not in (1, 3, 4)):
+        raise fail(path, f"uns['spatial'] image {best[0]!r} is not an RGB image (shape {arr.shape})")
+    if not np.issubdtype(arr.dtype, np.number) or np.issubdtype(arr.dtype, np.complexfloating):
+        raise fail(path, f"uns['spatial'] image {best[0]!r} is not numeric (dtype {arr.dtype})")
     if arr.dtype != np.uint8:
         from .sample import _to_uint8
 
@@ -76,15 +81,40 @@ def _image_from_uns(path, lib: dict) -> tuple[SlideImage | None, str | None]:
     return SlideImage(levels=[arr], scale=best[1], path=f"{path}#{best[0]}"), best[0]
 
 
+def _check_expression(path, adata) -> None:
+    """X must hold counts: finite and non-negative.
+
+    A file whose X was normalised or scaled (negatives) but that kept the raw
+    counts in ``layers['counts']`` is read from that layer instead.
+    """
+    if adata.X is None or adata.n_vars == 0:
+        return
+    try:
+        check_counts(path, adata.X, "counts in X")
+    except FlagInputError:
+        raw = adata.layers["counts"] if "counts" in adata.layers else None
+        if raw is None:
+            raise
+        check_counts(path, raw, "counts in layers['counts']")
+        adata.X = raw
+
+
 def anndata_to_sample(adata, path, sample_id=None, library_id=None, source=None) -> Sample:
     """Build a :class:`Sample` from an in-memory AnnData that follows the convention."""
     if "spatial" not in adata.obsm:
         raise fail(path, "no obsm['spatial'] spot coordinates")
-    xy = check_coords(path, np.asarray(adata.obsm["spatial"])[:, :2])
+    if adata.n_obs == 0:
+        raise fail(path, "no spots (0 rows)")
+    xy = np.asarray(adata.obsm["spatial"])
+    if xy.ndim != 2 or xy.shape[1] < 2:
+        raise fail(path, f"obsm['spatial'] must be (n, 2) spot coordinates, got shape {xy.shape}")
+    xy = check_coords(path, xy[:, :2])
     adata.obsm["spatial"] = xy
+    _check_expression(path, adata)
     uns = adata.uns
     lib_id, lib = _pick_library(path, uns.get("spatial", {}), library_id)
     image, image_name = _image_from_uns(path, lib) if lib else (None, None)
+    check_in_image(path, xy, image)
     sf = (lib or {}).get("scalefactors", {}) or {}
     nf = uns.get("napari_flag", {}) or {}
 

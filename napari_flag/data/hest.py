@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._util import fail, guess_grid, reading
+from ._util import check_in_image, fail, guess_grid, reading
 from .sample import Sample
 
 __all__ = ["read_hest", "write_hest_sample", "is_hest_root", "hest_ids", "hest_root_of"]
@@ -110,6 +110,7 @@ def read_hest(path: str | Path, sample_id: str | None = None) -> Sample:
     wsi = root / "wsis" / f"{sample_id}.tif"
     if wsi.is_file():
         img, tiff_px = open_tiff(wsi)
+        check_in_image(st, sample.coords, img)
         sample.image = img
         if sample.pixel_size_um is None and tiff_px is not None:
             sample.pixel_size_um = tiff_px

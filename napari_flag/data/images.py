@@ -186,11 +186,16 @@ def open_tiff(path: str | Path) -> tuple[SlideImage, float | None]:
     import zarr
 
     p = require_file(path, "image")
+    if p.stat().st_size == 0:
+        raise fail(p, "empty file")
     with reading(p, "unreadable TIFF"):
         with tifffile.TiffFile(p) as tf:
+            if not tf.series:
+                raise fail(p, "TIFF holds no image")
             series = tf.series[0]
             levels_meta = [(lv.axes, tuple(lv.shape)) for lv in series.levels]
             px = _tiff_pixel_size(tf)
+            _check_tiff_extent(p, series)
         store = tifffile.imread(p, aszarr=True, series=0)
         z = zarr.open(store, mode="r")
         if hasattr(z, "shape"):
@@ -198,7 +203,32 @@ def open_tiff(path: str | Path) -> tuple[SlideImage, float | None]:
         else:
             arrays = [z[str(i)] for i in range(len(levels_meta))]
         levels = [_as_yxc(a, axes) for a, (axes, _) in zip(arrays, levels_meta)]
+        if any(min(lv.shape[:2]) == 0 for lv in levels):
+            raise fail(p, f"TIFF image has zero size ({levels[0].shape})")
+    with reading(p, "cannot decode TIFF pixels"):
+        # one tile of the finest level and the whole coarsest (small) level:
+        # a missing codec or damaged data fails here, not in the middle of a run
+        np.asarray(levels[0][:1, :1])
+        if levels[-1].shape[0] * levels[-1].shape[1] <= 2048 * 2048:
+            np.asarray(levels[-1][...])
     return SlideImage(levels=levels, scale=1.0, path=str(p), downsamples=_downsamples(levels)), px
+
+
+def _check_tiff_extent(p: Path, series) -> None:
+    """Every strip/tile of every level must lie inside the file: a cheap truncation test."""
+    size = p.stat().st_size
+    for lv in series.levels:
+        for page in lv.pages:
+            if page is None:
+                continue
+            offs, counts = getattr(page, "dataoffsets", None), getattr(page, "databytecounts", None)
+            if offs is None or counts is None:
+                continue
+            offs, counts = np.asarray(offs, dtype=np.int64), np.asarray(counts, dtype=np.int64)
+            if offs.size and counts.size == offs.size:
+                end = int((offs + counts).max())
+                if end > size:
+                    raise fail(p, f"truncated TIFF (image data runs to byte {end}, file has {size})")
 
 
 # ---------------------------------------------------------------------------
@@ -463,10 +493,16 @@ def open_raster(path: str | Path, sha256: str | None = None, scale: float = 1.0)
     that identical files share one pyramid wherever they live.
     """
     p = require_file(path, "image")
+    if p.stat().st_size == 0:
+        raise fail(p, "empty file")
     with reading(p, "unreadable image"):
         im = _open_pil(p)
-        size = im.size
+        size, fmt = im.size, im.format
+        if fmt == "PNG":
+            im.verify()  # chunk CRCs: catches damage anywhere, without decoding
         im.close()
+    if min(size) <= 0:
+        raise fail(p, f"image has zero size ({size[0]} x {size[1]})")
     _check_complete(p)
     src = _RasterSource(p, size, sha256)
     levels = [LazyLevel(src, i) for i in range(len(src.shapes))]

@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._util import check_coords, fail, reading
+from ._util import (
+    check_coords,
+    check_counts,
+    check_in_image,
+    check_matched,
+    fail,
+    numeric_column,
+    reading,
+    scale_factor,
+)
 from .sample import Sample
 
 __all__ = ["read_spaceranger", "find_outs", "is_spaceranger", "VISIUM_SPOT_UM", "VISIUM_PITCH_UM"]
@@ -58,7 +67,14 @@ def _read_positions(path: Path) -> pd.DataFrame:
     missing = set(_COLS) - set(df.columns)
     if missing:
         raise fail(path, f"positions lack column(s) {', '.join(sorted(missing))}")
+    if len(df) == 0:
+        raise fail(path, "positions file lists no spots")
     df["barcode"] = df["barcode"].astype(str)
+    dup = df["barcode"].duplicated()
+    if dup.any():
+        raise fail(path, f"duplicate barcode {df['barcode'][dup].iloc[0]!r} ({int(dup.sum())} in all)")
+    for col in _COLS[1:]:
+        df[col] = numeric_column(path, df, col)
     return df.set_index("barcode")
 
 
@@ -75,6 +91,14 @@ def _read_matrix(outs: Path):
             adata = sc.read_10x_mtx(str(mtx), var_names="gene_symbols")
     else:
         raise fail(h5, "count matrix not found")
+    src = h5 if h5.is_file() else mtx
+    if adata.n_obs == 0:
+        raise fail(src, "count matrix has no barcodes")
+    if adata.n_vars == 0:
+        raise fail(src, "count matrix has no genes")
+    check_counts(src, adata.X)
+    if not adata.obs_names.is_unique:
+        raise fail(src, "duplicate barcodes in the count matrix")
     if "feature_types" in adata.var.columns:
         ft = adata.var["feature_types"].astype(str)
         if (ft == "Gene Expression").any() and not (ft == "Gene Expression").all():
@@ -105,28 +129,33 @@ def read_spaceranger(path: str | Path, sample_id: str | None = None, image: str 
     sf_file = spatial / "scalefactors_json.json"
     if not sf_file.is_file():
         raise fail(sf_file, "scale factors not found")
-    with reading(sf_file, "unreadable scale factors"):
+    with reading(sf_file, "unreadable scale factors (not valid JSON)"):
         scalef = json.loads(sf_file.read_text())
-    if not isinstance(scalef, dict) or not scalef.get("spot_diameter_fullres"):
-        raise fail(sf_file, "missing spot_diameter_fullres in the scale factors")
+    if not isinstance(scalef, dict):
+        raise fail(sf_file, "scale factors are not a JSON object")
+    spot_px = scale_factor(sf_file, scalef, "spot_diameter_fullres")
 
     adata = _read_matrix(outs)
     pos = _read_positions(pos_file)
-    pos = pos[pos["in_tissue"].astype(int) == 1]
+    pos = pos[np.nan_to_num(pos["in_tissue"].to_numpy()) == 1]
+    if len(pos) == 0:
+        raise fail(pos_file, "no spots under tissue (no row has in_tissue == 1)")
     keep = adata.obs_names.isin(pos.index)
-    if not keep.any():
-        raise fail(outs, f"no spots matched between the count matrix and {pos_file.name}")
+    matrix = outs / _MATRIX[0] if (outs / _MATRIX[0]).is_file() else outs / _MATRIX[1]
+    check_matched(matrix, int(keep.sum()), adata.n_obs, len(pos), pos_file.name)
     adata = adata[keep].copy()
     pos = pos.loc[adata.obs_names]
     xy = check_coords(pos_file, pos[["pxl_col_in_fullres", "pxl_row_in_fullres"]].to_numpy(np.float64))
+    rc = pos[["array_row", "array_col"]].to_numpy(np.float64)
+    if not np.isfinite(rc).all():
+        raise fail(pos_file, f"{int((~np.isfinite(rc).all(axis=1)).sum())} spots have a missing array_row/array_col")
     adata.obsm["spatial"] = xy
-    adata.obs["array_row"] = pos["array_row"].to_numpy(np.int64)
-    adata.obs["array_col"] = pos["array_col"].to_numpy(np.int64)
+    adata.obs["array_row"] = rc[:, 0].astype(np.int64)
+    adata.obs["array_col"] = rc[:, 1].astype(np.int64)
     for col in ("gene_ids", "feature_types", "genome"):
         if col in adata.var.columns:
             adata.var[col] = adata.var[col].astype(str)
 
-    spot_px = float(scalef["spot_diameter_fullres"])
     img = None
     image = (image or "auto").lower()
     choices = {"auto": ("hires", "lowres"), "hires": ("hires",), "lowres": ("lowres",), "none": ()}
@@ -136,9 +165,8 @@ def read_spaceranger(path: str | Path, sample_id: str | None = None, image: str 
         f = spatial / f"tissue_{res}_image.png"
         key = f"tissue_{res}_scalef"
         if f.is_file():
-            if not scalef.get(key):
-                raise fail(sf_file, f"missing {key} for {f.name}")
-            img = open_raster(f, scale=float(scalef[key]))
+            img = open_raster(f, scale=scale_factor(sf_file, scalef, key))
+            check_in_image(pos_file, xy, img)
             break
 
     sid = sample_id or (outs.parent.name if outs.name == "outs" else outs.name)

@@ -13,7 +13,18 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._util import check_coords, fail, grid_step_px, nn_distance_px, reading, require_file
+from ._util import (
+    check_coords,
+    check_counts,
+    check_in_image,
+    check_matched,
+    fail,
+    grid_step_px,
+    nn_distance_px,
+    numeric_column,
+    reading,
+    require_file,
+)
 from .sample import Sample
 
 __all__ = ["read_st_legacy", "read_her2st", "ST_SPOT_DIAMETER_UM", "ST_SPOT_PITCH_UM"]
@@ -24,11 +35,14 @@ ST_SPOT_PITCH_UM = 200.0
 
 def _parse_ids(ids) -> tuple[np.ndarray, np.ndarray] | None:
     """``"12x7"`` -> (x=12, y=7); ``None`` when the labels are not spot ids."""
-    parts = pd.Series(ids, dtype=str).str.extract(r"^\s*([0-9.]+)x([0-9.]+)\s*$")
+    parts = pd.Series(ids, dtype=str).str.extract(r"^\s*(\d+(?:\.\d*)?)x(\d+(?:\.\d*)?)\s*$")
     if parts.isna().any().any():
         return None
-    xs = np.rint(parts[0].astype(float).to_numpy()).astype(np.int64)
-    ys = np.rint(parts[1].astype(float).to_numpy()).astype(np.int64)
+    fx, fy = parts[0].astype(float).to_numpy(), parts[1].astype(float).to_numpy()
+    if max(fx.max(initial=0), fy.max(initial=0)) > 1e6:  # not an array position
+        return None
+    xs = np.rint(fx).astype(np.int64)
+    ys = np.rint(fy).astype(np.int64)
     return xs, ys
 
 
@@ -42,6 +56,15 @@ def _read_counts(path: Path) -> pd.DataFrame:
             df = df.T
         else:
             raise fail(path, "first column is not a spot id of the form '<x>x<y>'")
+    from pandas.api.types import is_numeric_dtype
+
+    bad = [c for c, dt in df.dtypes.items() if not is_numeric_dtype(dt)]
+    if bad:
+        col = df[bad[0]]
+        num = pd.to_numeric(col, errors="coerce")
+        example = col[num.isna() & col.notna()]
+        shown = f" ({str(example.iloc[0])[:40]!r})" if len(example) else ""
+        raise fail(path, f"non-numeric count in {len(bad)} gene column(s), e.g. '{bad[0]}'{shown}")
     return df
 
 
@@ -70,24 +93,36 @@ def read_st_legacy(
     if missing:
         raise fail(spots, f"spot file lacks column(s) {', '.join(sorted(missing))}")
     if "selected" in pos.columns:
-        pos = pos[pos["selected"].fillna(0).astype(int) == 1]
+        sel = numeric_column(spots, pos, "selected")
+        pos = pos[np.nan_to_num(sel) == 1]
+        if len(pos) == 0:
+            raise fail(spots, "no spots selected (no row has selected == 1)")
+    if len(pos) == 0:
+        raise fail(spots, "spot file lists no spots")
+    ax, ay = numeric_column(spots, pos, "x"), numeric_column(spots, pos, "y")
+    bad = ~(np.isfinite(ax) & np.isfinite(ay)) | (ax < 0) | (ay < 0) | (np.maximum(ax, ay) > 1e6)
+    if bad.any():
+        raise fail(spots, f"{int(bad.sum())} spots have a missing, NaN or invalid array position (x, y)")
+    for c in ("pixel_x", "pixel_y"):
+        numeric_column(spots, pos, c)
     pos = pos.assign(
-        _id=np.rint(pos["x"].to_numpy(float)).astype(np.int64).astype(str)
-        + "x"
-        + np.rint(pos["y"].to_numpy(float)).astype(np.int64).astype(str)
+        _id=np.rint(ax).astype(np.int64).astype(str) + "x" + np.rint(ay).astype(np.int64).astype(str)
     ).drop_duplicates("_id").set_index("_id")
 
     xs, ys = _parse_ids(df.index)
     ids = pd.Index([f"{x}x{y}" for x, y in zip(xs, ys)])
+    if ids.has_duplicates:
+        raise fail(counts, f"duplicate spot id {ids[ids.duplicated()][0]!r} in the counts table")
     keep = ids.isin(pos.index)
-    if not keep.any():
-        raise fail(counts, f"no spots matched between the counts table and {spots.name}")
+    check_matched(counts, int(keep.sum()), len(ids), len(pos), spots.name)
     df = df.loc[keep]
     ids = ids[keep]
     pos = pos.loc[ids]
-    xy = check_coords(spots, pos[["pixel_x", "pixel_y"]].to_numpy(np.float64))
+    xy = check_coords(spots, pos[["pixel_x", "pixel_y"]].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64))
 
-    X = sp.csr_matrix(df.to_numpy(dtype=np.float32, copy=False))
+    values = df.to_numpy(dtype=np.float32, copy=False)
+    check_counts(counts, values)
+    X = sp.csr_matrix(values)
     obs = pd.DataFrame(
         {"array_row": ys[keep].astype(np.int64), "array_col": xs[keep].astype(np.int64)},
         index=pd.Index(ids, name=None),
@@ -109,6 +144,7 @@ def read_st_legacy(
         from .images import open_raster
 
         img = open_raster(image, sha256=image_sha256)
+        check_in_image(spots, xy, img)
 
     sid = sample_id or counts.name.split(".")[0]
     return Sample(
