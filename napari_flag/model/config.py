@@ -1,0 +1,129 @@
+"""Sizes and switches of the FLAG model, in one JSON-safe dataclass.
+
+Two presets: ``"cpu"`` (the default; small enough to train a fold in minutes
+and predict a section in about a second on a 2-core laptop) and ``"paper"``
+(the sizes of the published model, for a GPU).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+__all__ = ["FlagConfig"]
+
+_MODES = ("diffusion", "regression")
+_GRAPH_KINDS = ("transformer", "gatv2")
+
+
+@dataclass
+class FlagConfig:
+    # --- ablation switches -------------------------------------------------
+    mode: str = "diffusion"  # "diffusion" (EDM denoiser) | "regression" (same trunk, MSE)
+    graph: bool = True  # spatial graph encoder; False = per-spot MLP only
+    align: bool = True  # GFM alignment loss (needs a gene prior table)
+
+    # --- slide encoder (visual features -> H_spatial) ----------------------
+    feat_dim_proj: int = 128  # width of the feature MLP and of the graph layers
+    feat_dropout: float = 0.1  # dropout on the input features (they are few and noisy)
+    cond_dim: int = 64  # width of H_spatial, one vector per spot
+    graph_kind: str = "transformer"  # "transformer" (TransformerConv) | "gatv2" (GATv2Conv)
+    graph_layers: int = 2
+    graph_heads: int = 4
+    graph_dropout: float = 0.0
+
+    # --- DiT over gene tokens ----------------------------------------------
+    depth: int = 3
+    width: int = 64
+    heads: int = 2  # few wide heads: on CPU the softmax over G x G scores costs per head
+    mlp_ratio: float = 2.0
+    value_fourier: int = 16  # Fourier frequencies in the embedding of a token's scalar value
+    dropout: float = 0.0  # inside DiT blocks
+
+    # --- GFM alignment -----------------------------------------------------
+    align_block: int = 2  # hidden states after this block (1-based) are aligned
+    align_hidden: tuple[int, ...] = (128,)  # projector hidden widths
+    align_dim: int | None = None  # width of the prior table; set at runtime from the table
+    lambda_align: float = 0.5
+
+    # --- EDM noise (Karras et al. 2022), data in standardised units -------
+    sigma_min: float = 0.002
+    sigma_max: float = 20.0
+    sigma_data: float = 1.0
+    P_mean: float = -1.0
+    P_std: float = 1.4
+    rho: float = 7.0
+    regression_sigma: float = 1.0  # fixed noise level fed to the trunk in regression mode
+
+    # --- classifier-free guidance (off by default) ------------------------
+    cond_dropout: float = 0.0  # probability of replacing H_spatial by a learned null vector
+    guidance: float = 1.0  # >1 extrapolates away from the unconditional prediction
+
+    # --- sampler defaults --------------------------------------------------
+    sample_steps: int = 4  # Heun steps: 2*steps-1 network evaluations per sample
+    sample_count: int = 2  # samples per spot (mean and std are taken over them)
+
+    preset_name: str = field(default="cpu")
+
+    def __post_init__(self) -> None:
+        if self.mode not in _MODES:
+            raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
+        if self.graph_kind not in _GRAPH_KINDS:
+            raise ValueError(f"graph_kind must be one of {_GRAPH_KINDS}, got {self.graph_kind!r}")
+        if self.width % self.heads:
+            raise ValueError(f"width {self.width} not divisible by heads {self.heads}")
+        if self.feat_dim_proj % self.graph_heads:
+            raise ValueError(
+                f"feat_dim_proj {self.feat_dim_proj} not divisible by graph_heads {self.graph_heads}"
+            )
+        if not 1 <= self.align_block <= self.depth:
+            raise ValueError(f"align_block must be in 1..depth={self.depth}, got {self.align_block}")
+        self.align_hidden = tuple(int(h) for h in self.align_hidden)
+
+    @classmethod
+    def preset(cls, name: str = "cpu", **overrides: Any) -> "FlagConfig":
+        """``"cpu"`` (default) or ``"paper"``; keyword overrides win."""
+        if name == "cpu":
+            base: dict[str, Any] = {}
+        elif name == "paper":
+            base = dict(
+                feat_dim_proj=384,
+                cond_dim=384,
+                graph_layers=6,
+                graph_heads=6,
+                depth=12,
+                width=384,
+                heads=6,
+                mlp_ratio=4.0,
+                value_fourier=32,
+                align_block=8,
+                align_hidden=(2048, 2048),
+                lambda_align=0.5,
+                sigma_max=80.0,
+                P_mean=-1.2,
+                P_std=1.2,
+                sample_steps=16,
+                sample_count=8,
+            )
+        else:
+            raise ValueError(f"unknown preset {name!r}; use 'cpu' or 'paper'")
+        base.update(overrides)
+        base.setdefault("preset_name", name)
+        return cls(**base)
+
+    def replace(self, **changes: Any) -> "FlagConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["align_hidden"] = list(self.align_hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "FlagConfig":
+        """Unknown keys are ignored, so checkpoints survive added/removed fields."""
+        names = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in dict(d).items() if k in names}
+        if "align_hidden" in kw:
+            kw["align_hidden"] = tuple(kw["align_hidden"])
+        return cls(**kw)

@@ -1,0 +1,338 @@
+"""FLAG model: shapes, training signal, sampler contract, ablation switches, presets."""
+from __future__ import annotations
+
+import io
+import json
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from napari_flag.graph import build_spatial_graph
+from napari_flag.model import EDM, FlagConfig, FlagModel
+
+S, G, D, DE = 48, 12, 16, 10
+
+
+def tiny(**kw) -> FlagConfig:
+    base = dict(
+        width=32, heads=2, depth=2, mlp_ratio=2.0, feat_dim_proj=32, cond_dim=32,
+        graph_layers=1, graph_heads=2, align_block=1, align_hidden=(32,), feat_dropout=0.0,
+    )
+    base.update(kw)
+    return FlagConfig.preset("cpu", **base)
+
+
+@pytest.fixture(scope="module")
+def toy():
+    """A slide whose expression is a smooth function of image features, with gene-gene structure."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:6, 0:8]
+    xy = np.stack([xx.ravel(), yy.ravel()], 1) * 100.0
+    feats = rng.normal(size=(S, D)).astype(np.float32)
+    w = rng.normal(size=(D, 3)) / np.sqrt(D)
+    z = np.tanh(feats @ w)  # 3 latent programmes
+    load = rng.normal(size=(3, G))
+    x0 = z @ load + 0.3 * rng.normal(size=(S, G))
+    x0 = (x0 - x0.mean(0)) / x0.std(0)
+    prior = rng.normal(size=(G, DE)).astype(np.float32)
+    mask = np.ones(G, bool)
+    mask[[2, 5]] = False
+    graph = build_spatial_graph(xy, feats, k=4)
+    return dict(
+        feats=torch.from_numpy(feats), x0=torch.from_numpy(x0.astype(np.float32)), graph=graph,
+        prior=torch.from_numpy(prior), mask=torch.from_numpy(mask),
+    )
+
+
+def _is_pyg(m: torch.nn.Module) -> bool:
+    return type(m).__module__.startswith("torch_geometric")
+
+
+def test_forward_backward_shapes(toy):
+    torch.manual_seed(0)
+    m = FlagModel(tiny(), G, D, gene_prior=toy["prior"], prior_mask=toy["mask"])
+    assert m.has_graph and m.has_align and m.cfg.align_dim == DE
+    h = m.encode_slide(toy["feats"], toy["graph"])
+    assert h.shape == (S, m.cfg.cond_dim)
+    out = m.loss(toy["x0"], h)
+    assert set(out) == {"loss", "denoise", "align"}
+    assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
+    assert out["align"].item() < 0.5  # a negative cosine: in [-1, 1], near 0 at init
+    # adaLN-Zero: at init only the output layer has gradients; after a few steps all do
+    _train(m, toy, steps=3)
+    m.zero_grad()
+    m.loss(toy["x0"], m.encode_slide(toy["feats"], toy["graph"]))["loss"].backward()
+    conv = m.encoder.layers[0].conv
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in conv.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in m.projector.parameters())
+    assert m.gene_prior.requires_grad is False
+    assert "gene_prior" in dict(m.named_buffers())
+    assert not any(n.startswith("gene_prior") for n, _ in m.named_parameters())
+
+
+def _train(m, toy, steps=50, lr=3e-3, seed=0):
+    opt = torch.optim.AdamW(m.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(seed)
+    hist = []
+    for _ in range(steps):
+        h = m.encode_slide(toy["feats"], toy["graph"])
+        out = m.loss(toy["x0"], h, generator=gen)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        hist.append(out["denoise"].item())
+    return np.array(hist)
+
+
+@pytest.mark.parametrize("mode", ["diffusion", "regression"])
+def test_loss_decreases(toy, mode):
+    torch.manual_seed(0)
+    # noise levels centred on sigma_data: the part of the EDM loss that moves fastest
+    cfg = tiny(mode=mode, P_mean=0.0, P_std=1.0)
+    m = FlagModel(cfg, G, D, gene_prior=toy["prior"], prior_mask=toy["mask"])
+    hist = _train(m, toy, steps=50, lr=1e-2)
+    first, last = hist[:10].mean(), hist[-10:].mean()
+    print(f"\n{mode}: denoise loss {first:.3f} -> {last:.3f}")
+    assert last < 0.85 * first
+
+
+def test_align_loss_decreases(toy):
+    torch.manual_seed(0)
+    m = FlagModel(tiny(lambda_align=1.0), G, D, gene_prior=toy["prior"], prior_mask=toy["mask"])
+    h = m.encode_slide(toy["feats"], toy["graph"])
+    before = m.loss(toy["x0"], h)["align"].item()
+    _train(m, toy, steps=30)
+    h = m.encode_slide(toy["feats"], toy["graph"])
+    after = m.loss(toy["x0"], h)["align"].item()
+    assert after < before - 0.2
+
+
+def test_sample_contract(toy):
+    torch.manual_seed(0)
+    m = FlagModel(tiny(), G, D)
+    _train(m, toy, steps=10)
+    h = m.encode_slide(toy["feats"], toy["graph"]).detach()
+    calls = []
+    out = m.sample(h, steps=3, samples=4, return_samples=True, progress=lambda d, t: calls.append((d, t)),
+                   generator=torch.Generator().manual_seed(1))
+    assert out["mean"].shape == (S, G) and out["std"].shape == (S, G)
+    assert out["samples"].shape == (4, S, G)
+    assert torch.isfinite(out["samples"]).all()
+    assert (out["std"] > 0).all()
+    torch.testing.assert_close(out["mean"], out["samples"].mean(0))
+    assert calls[-1] == (3, 3) and len(calls) == 3
+    assert m.training  # sampling restores the training flag
+
+    # no samples kept unless asked
+    assert m.sample(h, steps=2, samples=2)["samples"] is None
+
+    # seeded generator -> identical; chunking does not change the result
+    a = m.sample(h, steps=2, samples=3, generator=torch.Generator().manual_seed(7))
+    b = m.sample(h, steps=2, samples=3, generator=torch.Generator().manual_seed(7), chunk_rows=9)
+    torch.testing.assert_close(a["mean"], b["mean"])
+    torch.testing.assert_close(a["std"], b["std"])
+    c = m.sample(h, steps=2, samples=3, generator=torch.Generator().manual_seed(8))
+    assert not torch.allclose(a["mean"], c["mean"])
+
+    # one sample -> zero std; Euler and one-step paths work
+    one = m.sample(h, steps=2, samples=1)
+    assert (one["std"] == 0).all()
+    for solver, steps in (("euler", 3), ("heun", 1)):
+        r = m.sample(h, steps=steps, samples=2, solver=solver)
+        assert torch.isfinite(r["mean"]).all()
+
+
+def test_sample_clipping(toy):
+    torch.manual_seed(0)
+    m = FlagModel(tiny(), G, D)
+    h = m.encode_slide(toy["feats"], toy["graph"]).detach()
+    lo = torch.full((G,), -0.1)
+    hi = torch.full((G,), 0.2)
+    lo[0] = -5.0
+    out = m.sample(h, steps=2, samples=3, return_samples=True, clip_min=lo, clip_max=hi,
+                   generator=torch.Generator().manual_seed(0))
+    s = out["samples"]
+    assert (s >= lo - 1e-6).all() and (s <= hi + 1e-6).all()
+    assert (out["mean"] >= lo - 1e-6).all()
+    only_min = m.sample(h, steps=2, samples=2, clip_min=lo)
+    assert (only_min["mean"] >= lo - 1e-6).all()
+
+
+def test_regression_sampling(toy):
+    torch.manual_seed(0)
+    m = FlagModel(tiny(mode="regression"), G, D)
+    _train(m, toy, steps=5)
+    h = m.encode_slide(toy["feats"], toy["graph"]).detach()
+    out = m.sample(h, steps=4, samples=3, return_samples=True)
+    assert (out["std"] == 0).all()
+    assert out["samples"].shape == (3, S, G)
+    torch.testing.assert_close(out["samples"][1], out["mean"])
+    torch.testing.assert_close(out["mean"], m.sample(h, steps=1, samples=1)["mean"])
+
+
+def test_ablation_switches_change_structure(toy):
+    full = FlagModel(tiny(), G, D, gene_prior=toy["prior"])
+    assert any(_is_pyg(mod) for mod in full.modules())
+
+    nog = FlagModel(tiny(graph=False), G, D, gene_prior=toy["prior"])
+    assert not any(_is_pyg(mod) for mod in nog.modules())
+    assert not nog.has_graph
+    h = nog.encode_slide(toy["feats"], toy["graph"])  # graph is ignored
+    torch.testing.assert_close(h, nog.encode_slide(toy["feats"], None))
+    assert nog.n_params() < full.n_params()
+
+    noa = FlagModel(tiny(align=False), G, D, gene_prior=toy["prior"])
+    assert noa.projector is None and not noa.has_align
+    assert not any(k.startswith(("projector", "gene_prior")) for k in noa.state_dict())
+    out = noa.loss(toy["x0"], noa.encode_slide(toy["feats"], toy["graph"]))
+    assert out["align"].item() == 0.0
+    torch.testing.assert_close(out["loss"], out["denoise"])
+
+    noprior = FlagModel(tiny(), G, D)  # align requested but no table
+    assert noprior.projector is None
+    assert noprior.loss(toy["x0"], noprior.encode_slide(toy["feats"], toy["graph"]))["align"].item() == 0.0
+
+    # a checkpoint trained with alignment loads into an inference model without the table
+    noprior.load_weights(full.state_dict())
+
+
+def test_gatv2_and_missing_graph(toy):
+    m = FlagModel(tiny(graph_kind="gatv2"), G, D)
+    from torch_geometric.nn import GATv2Conv
+
+    assert isinstance(m.encoder.layers[0].conv, GATv2Conv)
+    h = m.encode_slide(toy["feats"], toy["graph"])
+    assert h.shape == (S, m.cfg.cond_dim)
+    h0 = m.encode_slide(toy["feats"][:1], build_spatial_graph(np.zeros((1, 2)), np.ones((1, D))))
+    assert h0.shape == (1, m.cfg.cond_dim)
+    t = FlagModel(tiny(), G, D)
+    assert t.encode_slide(toy["feats"], None).shape == (S, t.cfg.cond_dim)
+
+
+def test_cond_dropout_guidance(toy):
+    m = FlagModel(tiny(cond_dropout=0.2, guidance=1.5), G, D)
+    assert m.null_cond is not None
+    _train(m, toy, steps=3)
+    h = m.encode_slide(toy["feats"], toy["graph"]).detach()
+    assert torch.isfinite(m.sample(h, steps=2, samples=2)["mean"]).all()
+
+
+def test_feature_stats_and_state_roundtrip(toy):
+    m = FlagModel(tiny(), G, D)
+    m.set_feature_stats(toy["feats"] * 3 + 1)
+    assert torch.allclose(m.feat_mean, (toy["feats"] * 3 + 1).mean(0))
+    buf = io.BytesIO()
+    torch.save({"cfg": m.cfg.to_dict(), "state": m.state_dict()}, buf)
+    buf.seek(0)
+    ck = torch.load(buf, weights_only=True)
+    m2 = FlagModel(FlagConfig.from_dict(ck["cfg"]), G, D)
+    m2.load_weights(ck["state"])
+    m.eval(), m2.eval()
+    torch.testing.assert_close(m.encode_slide(toy["feats"], toy["graph"]), m2.encode_slide(toy["feats"], toy["graph"]))
+
+
+def test_config_roundtrip_and_presets():
+    cfg = FlagConfig.preset("cpu", depth=4)
+    d = json.loads(json.dumps(cfg.to_dict()))
+    assert FlagConfig.from_dict({**d, "unknown_future_key": 1}) == cfg
+    paper = FlagConfig.preset("paper")
+    assert (paper.depth, paper.width, paper.heads, paper.graph_layers, paper.align_block) == (12, 384, 6, 6, 8)
+    assert paper.align_hidden == (2048, 2048) and paper.lambda_align == 0.5
+    with pytest.raises(ValueError):
+        FlagConfig.preset("huge")
+    with pytest.raises(ValueError):
+        FlagConfig(mode="gan")
+    with pytest.raises(ValueError):
+        FlagConfig(depth=3, align_block=4)
+
+
+def test_paper_preset_size():
+    with torch.device("meta"):
+        m = FlagModel(FlagConfig.preset("paper"), 200, 1024, gene_prior=torch.zeros(200, 1152))
+    n = m.n_params()
+    dit = sum(p.numel() for p in m.blocks.parameters())
+    print(f"\npaper preset: {n / 1e6:.1f} M parameters ({dit / 1e6:.1f} M in DiT blocks)")
+    assert 20e6 < n < 100e6 and 25e6 < dit < 40e6
+
+
+def test_edm_schedule():
+    edm = EDM(sigma_min=0.002, sigma_max=20.0)
+    ts = edm.schedule(5)
+    assert ts.shape == (6,) and ts[0].item() == pytest.approx(20.0) and ts[-1].item() == 0.0
+    assert ts[-2].item() == pytest.approx(0.002, rel=1e-4)
+    assert torch.all(ts[:-1] > ts[1:])
+    assert edm.nfe(5) == 9 and edm.nfe(5, "euler") == 5
+    # exact denoiser of a point mass at 0.5 -> the ODE lands on it
+    x = torch.randn(4, 3) * 20
+    out = edm.sample(lambda x, s: torch.full_like(x, 0.5), x, steps=4)
+    torch.testing.assert_close(out, torch.full_like(x, 0.5))
+    # preconditioning identities
+    s = torch.tensor([0.1, 1.0, 10.0])
+    c_skip, c_out, c_in, _ = edm.precond(s)
+    torch.testing.assert_close(c_skip + (c_out / s) ** 2 * 0 + c_out**2 / edm.sigma_data**2 * 0, c_skip)
+    torch.testing.assert_close(c_in**2 * (s**2 + 1), torch.ones(3))
+    torch.testing.assert_close(edm.loss_weight(s) * c_out**2, torch.ones(3))
+
+
+def test_cpu_preset_timing():
+    """Prints the cost of the default model on a HER2ST-sized section (no timed assert)."""
+    torch.manual_seed(0)
+    cfg = FlagConfig.preset("cpu")
+    n_spots, n_genes, feat_dim = 180, 200, 1280
+    m = FlagModel(cfg, n_genes, feat_dim, gene_prior=torch.randn(n_genes, 64)).eval()
+    rng = np.random.default_rng(0)
+    feats = rng.random((n_spots, feat_dim)).astype(np.float32)
+    graph = build_spatial_graph(rng.random((n_spots, 2)) * 3000, feats)
+    with torch.no_grad():
+        h = m.encode_slide(feats, graph)
+        x, sig = torch.randn(n_spots, n_genes), torch.ones(n_spots, 1)
+        m.denoise(x, sig, h)
+        t = time.perf_counter()
+        for _ in range(3):
+            m.denoise(x, sig, h)
+        fwd = (time.perf_counter() - t) / 3
+        t = time.perf_counter()
+        out = m.sample(h)
+        smp = time.perf_counter() - t
+    nfe = EDM.nfe(cfg.sample_steps) * cfg.sample_count
+    print(
+        f"\ncpu preset: {m.n_params() / 1e6:.2f} M params; forward {n_spots}x{n_genes}: {fwd * 1e3:.0f} ms; "
+        f"default sample ({cfg.sample_steps} steps x {cfg.sample_count} samples = {nfe} NFE/spot): {smp:.2f} s"
+    )
+    assert out["mean"].shape == (n_spots, n_genes)
+
+
+def test_real_data_smoke():
+    """20 training steps on real HER2ST counts (random features) when the data layer is available."""
+    try:
+        from napari_flag.data import load_sample
+        from napari_flag.errors import FlagInputError
+    except ImportError:
+        pytest.skip("napari_flag.data.load_sample not available yet")
+    try:
+        sample = load_sample("her2st:C2")
+    except (NotImplementedError, FileNotFoundError, FlagInputError) as e:
+        pytest.skip(f"her2st:C2 not loadable here: {e}")
+    X = sample.adata.X
+    X = np.asarray(X.todense() if hasattr(X, "todense") else X, dtype=np.float64)
+    top = np.argsort(-X.mean(0))[:50]
+    y = np.log2(1 + X[:, top])
+    y = ((y - y.mean(0)) / np.maximum(y.std(0), 1e-6)).astype(np.float32)
+    n = y.shape[0]
+    coords = sample.coords_um if sample.coords_um is not None else sample.coords
+    feats = np.random.default_rng(0).normal(size=(n, 32)).astype(np.float32)
+    graph = build_spatial_graph(coords, feats)
+    torch.manual_seed(0)
+    m = FlagModel(tiny(), 50, 32)
+    opt = torch.optim.AdamW(m.parameters(), lr=2e-3)
+    x0 = torch.from_numpy(y)
+    for _ in range(20):
+        out = m.loss(x0, m.encode_slide(feats, graph))
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        assert torch.isfinite(out["loss"])
+    res = m.sample(m.encode_slide(feats, graph).detach(), steps=2, samples=2)
+    assert res["mean"].shape == (n, 50) and torch.isfinite(res["mean"]).all()
