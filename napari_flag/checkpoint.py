@@ -1,0 +1,239 @@
+"""Checkpoints: one self-describing file per trained model.
+
+A checkpoint holds only tensors and plain Python data (dicts, lists, strings,
+numbers), so it loads with ``torch.load(weights_only=True)``: opening a model
+file from the internet cannot execute code.  Besides the weights it carries
+everything prediction needs to reproduce the training-time pipeline: the gene
+panel, the target transform, the per-gene standardisation, the encoder identity
+and the graph parameters.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import FlagInputError
+
+__all__ = [
+    "FORMAT",
+    "FORMAT_VERSION",
+    "save_checkpoint",
+    "load_checkpoint",
+    "default_checkpoint_path",
+    "load_model",
+    "export_checkpoint",
+    "CheckpointMeta",
+]
+
+FORMAT = "napari-flag-checkpoint"
+FORMAT_VERSION = 1
+# Keys every checkpoint must have for prediction.
+REQUIRED = ("format", "format_version", "method", "model", "genes", "mean", "std", "transform", "encoder")
+# Keys only needed to resume training; dropped by export_checkpoint.
+TRAINING_ONLY = ("model_raw", "optimizer", "rng", "train_state")
+
+
+def default_checkpoint_path() -> Path:
+    """The bundled default model (absent until the benchmark has trained it)."""
+    from . import resources_dir
+
+    return resources_dir() / "flag_default.pt"
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    """Write beside the target then rename, so a crash never leaves half a file under the real name."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(obj, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _cpu(obj: Any) -> Any:
+    """Tensors to CPU, recursively, so a checkpoint saved on a GPU opens anywhere."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu(v) for v in obj)
+    return obj
+
+
+def save_checkpoint(
+    path: str | Path,
+    *,
+    model_state: dict,
+    method: str,
+    genes: list[str],
+    mean,
+    std,
+    transform: str,
+    encoder: dict,
+    model_config: dict | None = None,
+    train_config: dict | None = None,
+    graph: dict | None = None,
+    feat_dim: int | None = None,
+    gene_prior: torch.Tensor | None = None,
+    prior_mask: torch.Tensor | None = None,
+    step: int = 0,
+    epoch: int = 0,
+    model_raw: dict | None = None,
+    optimizer: dict | None = None,
+    rng: dict | None = None,
+    train_state: dict | None = None,
+    metrics: dict | None = None,
+    **extra: Any,
+) -> Path:
+    """Write a checkpoint atomically and return its path.
+
+    ``model_state`` is the weights prediction uses (the EMA weights for FLAG, the
+    fitted arrays for a baseline); ``model_raw``, ``optimizer``, ``rng`` and
+    ``train_state`` are what resuming needs on top.
+    """
+    from . import __version__
+
+    path = Path(path)
+    ckpt = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "version": __version__,
+        "method": str(method),
+        "model": model_state,
+        "model_config": model_config,
+        "train_config": train_config,
+        "genes": [str(g) for g in genes],
+        "mean": torch.as_tensor(mean, dtype=torch.float32),
+        "std": torch.as_tensor(std, dtype=torch.float32),
+        "transform": str(transform),
+        "encoder": dict(encoder),
+        "graph": dict(graph or {}),
+        "feat_dim": int(feat_dim) if feat_dim is not None else None,
+        "gene_prior": gene_prior,
+        "prior_mask": prior_mask,
+        "step": int(step),
+        "epoch": int(epoch),
+        "metrics": metrics or {},
+        "model_raw": model_raw,
+        "optimizer": optimizer,
+        "rng": rng,
+        "train_state": train_state,
+    }
+    ckpt.update(extra)
+    _atomic_torch_save(_cpu(ckpt), path)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
+    """Load and check a checkpoint; any failure is a one-line :class:`FlagInputError` naming the file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FlagInputError(f"{p}: checkpoint not found")
+    try:
+        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+    except Exception as exc:  # corrupt, truncated, not torch, or unsafe pickle content
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FlagInputError(f"{p}: not a readable napari-flag checkpoint ({first[:200]})") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise FlagInputError(f"{p}: not a napari-flag checkpoint")
+    if int(ckpt.get("format_version", -1)) > FORMAT_VERSION:
+        raise FlagInputError(
+            f"{p}: checkpoint format {ckpt.get('format_version')} is newer than this napari-flag "
+            f"supports ({FORMAT_VERSION}); upgrade napari-flag"
+        )
+    missing = [k for k in REQUIRED if k not in ckpt]
+    if missing:
+        raise FlagInputError(f"{p}: incomplete checkpoint (missing {', '.join(missing)})")
+    return ckpt
+
+
+def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Copy of ``src`` without the resume-only state (optimizer, raw weights, RNG): a smaller file to ship."""
+    ckpt = load_checkpoint(src)
+    for k in TRAINING_ONLY:
+        ckpt[k] = None
+    _atomic_torch_save(ckpt, Path(dst))
+    return Path(dst)
+
+
+class CheckpointMeta(dict):
+    """The checkpoint dict minus the weights, with attribute access for the common fields."""
+
+    @property
+    def genes(self) -> list[str]:
+        return list(self["genes"])
+
+    @property
+    def transform(self) -> str:
+        return self["transform"]
+
+    @property
+    def method(self) -> str:
+        return self["method"]
+
+    @property
+    def encoder(self) -> dict:
+        return self["encoder"]
+
+
+def build_model(ckpt: dict, path: str | Path = "<checkpoint>"):
+    """Instantiate the model a checkpoint describes and load its (EMA) weights."""
+    method = ckpt["method"]
+    try:
+        if method in ("ridge", "mlp"):
+            from .model.baselines import MLPBaseline, RidgeBaseline
+
+            return {"ridge": RidgeBaseline, "mlp": MLPBaseline}[method].from_state(ckpt["model"])
+        from .model.config import FlagConfig
+        from .model.flag import FlagModel
+
+        cfg = FlagConfig.from_dict(ckpt["model_config"] or {})
+        model = FlagModel(
+            cfg,
+            n_genes=len(ckpt["genes"]),
+            feat_dim=int(ckpt["feat_dim"]),
+            gene_prior=ckpt.get("gene_prior"),
+            prior_mask=ckpt.get("prior_mask"),
+        )
+        model.load_state_dict(ckpt["model"], strict=True)
+        return model.eval()
+    except FlagInputError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise FlagInputError(f"{path}: checkpoint does not fit this napari-flag model ({first[:200]})") from exc
+
+
+def load_model(path: str | Path | None = None, device: Any = "cpu"):
+    """``(model, meta)`` from a checkpoint (default: the bundled model).
+
+    ``meta`` holds everything but the weights (genes, mean, std, transform,
+    encoder, graph, configs).  Baselines come back as objects with ``predict``.
+    """
+    if path is None:
+        path = default_checkpoint_path()
+        if not Path(path).is_file():
+            raise FlagInputError("no bundled default model yet; pass --checkpoint")
+    ckpt = load_checkpoint(path, map_location="cpu")
+    model = build_model(ckpt, path)
+    if isinstance(model, torch.nn.Module):
+        from .features.encoders import resolve_device
+
+        model = model.to(resolve_device(device))
+    meta = CheckpointMeta({k: v for k, v in ckpt.items() if k not in ("model", *TRAINING_ONLY)})
+    meta["path"] = str(Path(path))
+    return model, meta

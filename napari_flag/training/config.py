@@ -1,0 +1,220 @@
+"""Everything a training run needs, in one JSON-safe dataclass loadable from YAML.
+
+The same object drives the command line (``napari-flag-train``) and the napari
+trainer widget, so a run started in either can be resumed from the other.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any, Iterable
+
+from ..errors import FlagInputError
+
+__all__ = ["TrainConfig", "METHODS", "parse_overrides", "apply_overrides"]
+
+# "flag": the full model; "no_graph"/"no_align"/"regression": its ablations;
+# "ridge"/"mlp": closed-form / small discriminative baselines on the same data.
+METHODS = ("flag", "no_graph", "no_align", "regression", "ridge", "mlp")
+TRANSFORMS = ("log2p1", "log1p", "none")
+# Metrics where smaller is better; every other metric is maximised.
+LOWER_IS_BETTER = ("MSE", "MAE")
+
+
+@dataclass
+class TrainConfig:
+    # --- data --------------------------------------------------------------
+    train: list[str] = field(default_factory=list)  # dataset ids ("her2st:C3") or paths
+    val: list[str] = field(default_factory=list)  # validation slides (early stopping, best.pt)
+    test: list[str] = field(default_factory=list)  # recorded only; evaluated by the benchmark
+    n_genes: int = 200  # size of the HMHVG panel chosen on the training slides
+    transform: str = "log2p1"  # target scale: "log2p1" | "log1p" | "none"
+    genes: list[str] | None = None  # fixed panel; overrides the HMHVG selection when given
+    gene_prior: str | None = None  # gene prior spec for the alignment loss (None: none/automatic)
+
+    # --- features and graph ------------------------------------------------
+    encoder: str = "efficientnet_lite0"
+    encoder_kw: dict = field(default_factory=dict)  # e.g. weights=..., patch_um=..., patch_px=...
+    feature_batch: int = 32
+    feature_cache: bool | str = True  # True: default cache folder; a path: that folder; False: no cache
+    graph_k: int = 8
+    graph_radius_um: float | None = None
+
+    # --- model -------------------------------------------------------------
+    method: str = "flag"
+    model: dict = field(default_factory=lambda: {"preset": "cpu"})  # preset name + FlagConfig overrides
+    baseline: dict = field(default_factory=dict)  # keyword arguments of the ridge/MLP baseline
+
+    # --- optimisation ------------------------------------------------------
+    steps: int = 2000  # optimiser steps in all (one slide per step and rank)
+    epochs: int | None = None  # when set, steps = epochs * ceil(n_train / world_size)
+    batch_spots: int = 0  # spots per loss evaluation; 0 = every spot of the slide
+    lr: float = 3e-4
+    weight_decay: float = 0.01
+    ema_decay: float = 0.999
+    grad_clip: float = 1.0  # max global grad norm; 0 disables clipping
+    seed: int = 0
+    device: str = "auto"  # "auto" = cuda > mps > cpu
+
+    # --- validation, checkpoints -------------------------------------------
+    val_every: int = 200  # steps between validations (0 = only at the end)
+    val_steps: int = 4  # sampler steps used for validation predictions
+    val_samples: int = 1  # samples per spot for validation predictions
+    val_metric: str = "PCC"  # early stopping / best.pt criterion (mean over val slides)
+    patience: int = 0  # validations without improvement before stopping; 0 = never stop early
+    ckpt_every: int = 0  # steps between last.pt saves besides validations; 0 = only with validation
+    log_every: int = 10
+    out_dir: str = "runs/flag"
+
+    def __post_init__(self) -> None:
+        for name in ("train", "val", "test"):
+            v = getattr(self, name)
+            if isinstance(v, (str, Path)):
+                v = [v]
+            setattr(self, name, [str(x) for x in (v or [])])
+        if self.method not in METHODS:
+            raise FlagInputError(f"method: unknown {self.method!r}; use one of {', '.join(METHODS)}")
+        if self.transform not in TRANSFORMS:
+            raise FlagInputError(f"transform: unknown {self.transform!r}; use one of {', '.join(TRANSFORMS)}")
+        if isinstance(self.model, str):
+            self.model = {"preset": self.model}
+        self.model = dict(self.model or {})
+        self.model.setdefault("preset", "cpu")
+        if self.genes is not None:
+            self.genes = [str(g) for g in self.genes]
+        for name in ("n_genes", "steps", "batch_spots", "graph_k", "val_every", "val_steps",
+                     "val_samples", "patience", "ckpt_every", "log_every", "seed", "feature_batch"):
+            setattr(self, name, int(getattr(self, name)))
+        for name in ("lr", "weight_decay", "ema_decay", "grad_clip"):
+            setattr(self, name, float(getattr(self, name)))
+        if self.epochs is not None:
+            self.epochs = int(self.epochs)
+        if self.steps < 0 or self.n_genes < 1:
+            raise FlagInputError("steps must be >= 0 and n_genes >= 1")
+        from ..metrics import METRIC_KEYS
+
+        if self.val_metric not in METRIC_KEYS:
+            raise FlagInputError(f"val_metric: unknown {self.val_metric!r}; use one of {', '.join(METRIC_KEYS)}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise FlagInputError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    # -- construction ------------------------------------------------------
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainConfig":
+        """Strict: an unknown key is an error (a typo in a YAML must not be ignored)."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise FlagInputError(f"unknown training config key(s): {', '.join(unknown)}")
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Iterable[str] = ()) -> "TrainConfig":
+        """Load ``path`` and apply ``key=value`` overrides (dotted keys reach into ``model``)."""
+        import yaml
+
+        p = Path(path).expanduser()
+        if not p.is_file():
+            raise FlagInputError(f"{p}: config file not found")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise FlagInputError(f"{p}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        if not isinstance(d, dict):
+            raise FlagInputError(f"{p}: a training config must be a mapping of keys to values")
+        d = apply_overrides(d, parse_overrides(overrides))
+        try:
+            return cls.from_dict(d)
+        except FlagInputError as exc:
+            raise FlagInputError(f"{p}: {exc}") from exc
+        except (TypeError, ValueError) as exc:
+            raise FlagInputError(f"{p}: {exc}") from exc
+
+    def with_overrides(self, overrides: Iterable[str]) -> "TrainConfig":
+        return TrainConfig.from_dict(apply_overrides(self.to_dict(), parse_overrides(overrides)))
+
+    def replace(self, **changes: Any) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    # -- serialisation -----------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only, so it can live in a ``weights_only`` checkpoint."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def to_yaml(self, path: str | Path | None = None) -> str:
+        import yaml
+
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    # -- derived -----------------------------------------------------------
+    def flag_config(self):
+        """The model's :class:`FlagConfig`: preset, then overrides, then the method's switches."""
+        from ..model.config import FlagConfig
+
+        over = dict(self.model)
+        preset = over.pop("preset", "cpu")
+        names = {f.name for f in fields(FlagConfig)}
+        unknown = sorted(set(over) - names)
+        if unknown:
+            raise FlagInputError(f"model: unknown FlagConfig key(s): {', '.join(unknown)}")
+        switches = {
+            "flag": {},
+            "no_graph": {"graph": False},
+            "no_align": {"align": False},
+            "regression": {"mode": "regression"},
+        }.get(self.method, {})
+        over.update(switches)
+        try:
+            return FlagConfig.preset(preset, **over)
+        except (TypeError, ValueError) as exc:
+            raise FlagInputError(f"model: {exc}") from exc
+
+    @property
+    def is_baseline(self) -> bool:
+        return self.method in ("ridge", "mlp")
+
+
+def _parse_value(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def parse_overrides(items: Iterable[str]) -> dict[str, Any]:
+    """``["model.depth=4", "train=[her2st:C3,her2st:C4]"]`` to a dotted-key dict (values parsed as YAML)."""
+    out: dict[str, Any] = {}
+    for item in items or ():
+        if "=" not in item:
+            raise FlagInputError(f"override {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        key = key.strip()
+        if not key:
+            raise FlagInputError(f"override {item!r}: empty key")
+        out[key] = _parse_value(value)
+    return out
+
+
+def apply_overrides(d: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Copy of ``d`` with dotted keys set (intermediate mappings are created)."""
+    d = json.loads(json.dumps(d))  # deep copy of plain data
+    for key, value in overrides.items():
+        parts = key.split(".")
+        node = d
+        for p in parts[:-1]:
+            nxt = node.get(p)
+            if nxt is None:
+                nxt = {}
+                node[p] = nxt
+            if not isinstance(nxt, dict):
+                raise FlagInputError(f"override {key}: {p!r} is not a mapping")
+            node = nxt
+        node[parts[-1]] = value
+    return d
