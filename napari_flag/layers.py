@@ -1,0 +1,343 @@
+"""Slides and predictions as napari layer-data tuples, without importing napari.
+
+Readers, sample data, widgets and scripts all build layers here, so the
+geometry is decided once:
+
+* napari coordinates are ``(row, col) = (y, x)``.  Spots are stored in
+  full-resolution pixels and every layer gets ``scale = pixel size`` (µm per
+  full-res pixel), so world coordinates are microns and the scale bar is true.
+  An image level-0 pixel covers ``1 / image.scale`` full-res pixels, hence the
+  image scale ``pixel_size_um / image.scale``.  Without a known pixel size the
+  world unit is the full-res pixel.
+* a Points ``size`` is a diameter in data units: the real spot diameter.
+* layers carry plain metadata (ids, pixel size, grid, role) plus a key into
+  the module-level registries below, which hold the heavy objects (the
+  :class:`~napari_flag.data.sample.Sample`, the prediction AnnData) so that
+  layer metadata stays small and copyable.
+
+Only numpy is imported (``features`` are plain dicts of arrays, which napari
+turns into its table): this module is safe in headless code, in worker
+threads and in tests without a display.
+"""
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ROLE",
+    "EXPRESSION_COLORMAP",
+    "UNCERTAINTY_COLORMAP",
+    "LISA_COLORMAP",
+    "register_sample",
+    "get_sample",
+    "register_prediction",
+    "get_prediction",
+    "forget_prediction",
+    "world_scale",
+    "world_units",
+    "sample_metadata",
+    "image_layer_data",
+    "spots_layer_data",
+    "sample_to_layer_data",
+    "top_genes",
+    "percentile_limits",
+    "symmetric_limits",
+    "gene_values",
+    "prediction_to_layer_data",
+    "panel_name",
+    "values_layer_data",
+]
+
+#: metadata key naming what a layer is ("slide", "spots", "pred", "truth", "std", ...)
+ROLE = "flag_role"
+EXPRESSION_COLORMAP = "viridis"
+UNCERTAINTY_COLORMAP = "magma"
+LISA_COLORMAP = "bwr"
+
+_lock = threading.Lock()
+_counter = itertools.count(1)
+_SAMPLES: dict[str, Any] = {}
+_PREDICTIONS: dict[str, Any] = {}
+
+
+def register_sample(sample) -> str:
+    """Keep ``sample`` alive for the session and return its registry key."""
+    with _lock:
+        key = f"{sample.sample_id}#{next(_counter)}"
+        _SAMPLES[key] = sample
+    return key
+
+
+def get_sample(key: str | None):
+    """The registered sample, or ``None`` (e.g. a layer from a saved session)."""
+    return _SAMPLES.get(key) if key else None
+
+
+def register_prediction(adata, sample_key: str | None = None) -> str:
+    """Keep a prediction AnnData for the session and return its key."""
+    sid = str(adata.uns.get("flag", {}).get("sample_id", "pred")) if hasattr(adata, "uns") else "pred"
+    with _lock:
+        key = f"pred:{sid}#{next(_counter)}"
+        _PREDICTIONS[key] = adata
+    if sample_key:
+        adata.uns.setdefault("napari_flag", {})["sample_key"] = sample_key
+    return key
+
+
+def get_prediction(key: str | None):
+    return _PREDICTIONS.get(key) if key else None
+
+
+def forget_prediction(key: str) -> None:
+    """Drop a prediction from the registry (its layers are gone)."""
+    with _lock:
+        _PREDICTIONS.pop(key, None)
+
+
+# ---------------------------------------------------------------------------
+# geometry
+
+
+def world_scale(pixel_size_um: float | None) -> tuple[float, float]:
+    """Scale of a layer whose data are full-resolution pixels."""
+    s = float(pixel_size_um) if pixel_size_um else 1.0
+    return (s, s)
+
+
+def world_units(pixel_size_um: float | None) -> tuple[str, str]:
+    return ("um", "um") if pixel_size_um else ("pixel", "pixel")
+
+
+def sample_metadata(sample, key: str | None, role: str) -> dict:
+    """Small, picklable facts about a sample, for ``layer.metadata``."""
+    return {
+        ROLE: role,
+        "sample_key": key,
+        "sample_id": str(sample.sample_id),
+        "source": None if sample.source is None else str(sample.source),
+        "pixel_size_um": None if sample.pixel_size_um is None else float(sample.pixel_size_um),
+        "spot_diameter_px": float(sample.spot_diameter_px),
+        "grid": sample.grid,
+        "n_spots": int(sample.n_spots),
+    }
+
+
+def image_layer_data(sample, key: str | None = None, name: str | None = None, role: str = "slide", **extra):
+    """The H&E image as ``(levels, kwargs, "image")``; multiscale when it is a pyramid."""
+    img = sample.image
+    if img is None:
+        return None
+    ps = world_scale(sample.pixel_size_um)[0] / float(img.scale)
+    data = list(img.levels) if img.is_multiscale else img.levels[0]
+    kwargs = dict(
+        name=name or f"{sample.sample_id} H&E",
+        rgb=True,
+        multiscale=img.is_multiscale,
+        scale=(ps, ps),
+        units=world_units(sample.pixel_size_um),
+        metadata=sample_metadata(sample, key, role),
+    )
+    # contrast limits given up front: napari would otherwise compute them by
+    # reading the coarsest level, and uint8 RGB is already display-ready
+    kwargs["contrast_limits"] = (0, 255)
+    kwargs.update(extra)
+    return (data, kwargs, "image")
+
+
+def top_genes(adata, n: int = 20) -> list[str]:
+    """The ``n`` genes with the highest mean count (a quick default panel)."""
+    if adata.n_vars == 0 or n <= 0:
+        return []
+    X = adata.X
+    mean = np.asarray(X.mean(axis=0)).ravel()
+    order = np.argsort(-mean, kind="stable")[: min(n, adata.n_vars)]
+    return [str(adata.var_names[i]) for i in order]
+
+
+def _dense_columns(adata, genes: list[str]) -> np.ndarray:
+    if not genes:
+        return np.zeros((adata.n_obs, 0), np.float32)
+    idx = adata.var_names.get_indexer(genes)
+    X = adata.X[:, idx]
+    X = X.toarray() if hasattr(X, "toarray") else np.asarray(X)
+    return np.asarray(X, dtype=np.float32)
+
+
+def spots_layer_data(sample, key: str | None = None, genes: list[str] | None = None, n_genes: int = 20):
+    """Spots as a Points layer: real diameter, ``log2(1+count)`` of a few genes in ``features``.
+
+    Coloured by total counts (a quick look at where the tissue was captured);
+    hovering a spot shows its id, total counts and the gene values.
+    """
+    ad = sample.adata
+    xy = sample.coords
+    data = xy[:, ::-1].copy() if len(xy) else np.zeros((0, 2))
+    feats = {"spot": np.asarray(ad.obs_names, dtype=object)}
+    kwargs: dict = dict(
+        name=f"{sample.sample_id} spots",
+        size=float(sample.spot_diameter_px),
+        scale=world_scale(sample.pixel_size_um),
+        units=world_units(sample.pixel_size_um),
+        border_width=0.0,
+        opacity=0.75,
+        metadata=sample_metadata(sample, key, "spots"),
+    )
+    if sample.has_counts:
+        genes = [g for g in (genes if genes is not None else top_genes(ad, n_genes)) if g in ad.var_names]
+        total = np.asarray(ad.X.sum(axis=1)).ravel().astype(np.float32)
+        feats["total_counts"] = total
+        vals = np.log2(1.0 + _dense_columns(ad, genes))
+        for j, g in enumerate(genes):
+            feats[g] = vals[:, j]
+        kwargs.update(
+            face_color="total_counts",
+            face_colormap=EXPRESSION_COLORMAP,
+            face_contrast_limits=percentile_limits(total),
+        )
+        kwargs["metadata"]["genes"] = list(genes)
+        kwargs["metadata"]["values"] = "log2(1+count)"
+    else:
+        kwargs.update(face_color="transparent", border_color="yellow", border_width=0.08, opacity=1.0)
+    kwargs["features"] = feats
+    return (data, kwargs, "points")
+
+
+def sample_to_layer_data(sample, n_genes: int = 20, register: bool = True) -> list:
+    """Image (when present) and spots (when present) of a sample, registered for the widgets."""
+    key = register_sample(sample) if register else None
+    out = []
+    img = image_layer_data(sample, key)
+    if img is not None:
+        out.append(img)
+    if sample.n_spots > 0:
+        out.append(spots_layer_data(sample, key, n_genes=n_genes))
+    return out
+
+
+# ---------------------------------------------------------------------------
+# predictions
+
+
+def percentile_limits(*arrays, lo: float = 1.0, hi: float = 99.0) -> tuple[float, float]:
+    """Contrast limits from the ``lo``-``hi`` percentiles of the union of ``arrays``.
+
+    One range for truth and prediction makes the same colour mean the same
+    value on both panels; clipping outliers keeps the bulk of spots readable.
+    """
+    vals = [np.asarray(a, dtype=np.float64).ravel() for a in arrays if a is not None]
+    v = np.concatenate(vals) if vals else np.zeros(0)
+    v = v[np.isfinite(v)]
+    if v.size == 0:
+        return (0.0, 1.0)
+    a, b = np.percentile(v, [lo, hi])
+    if not b > a:
+        a, b = float(v.min()), float(v.max())
+    if not b > a:
+        b = a + 1.0
+    return (float(a), float(b))
+
+
+def symmetric_limits(values, hi: float = 99.0) -> tuple[float, float]:
+    """``(-m, m)`` around zero, for diverging maps such as local Moran's I."""
+    v = np.abs(np.asarray(values, dtype=np.float64))
+    v = v[np.isfinite(v)]
+    m = float(np.percentile(v, hi)) if v.size else 1.0
+    m = m if m > 0 else 1.0
+    return (-m, m)
+
+
+def gene_values(adata, gene: str, role: str = "pred") -> np.ndarray:
+    """One gene's values from a prediction AnnData: ``pred`` (X), ``std`` or ``truth``."""
+    j = int(adata.var_names.get_loc(gene))
+    M = adata.X if role == "pred" else adata.layers[role]
+    col = M[:, j]
+    col = col.toarray() if hasattr(col, "toarray") else np.asarray(col)
+    return np.asarray(col, dtype=np.float32).ravel()
+
+
+PANEL_TITLES = {
+    "pred": "predicted",
+    "truth": "measured",
+    "std": "uncertainty",
+    "lisa_pred": "local Moran's I predicted",
+    "lisa_truth": "local Moran's I measured",
+}
+
+
+def panel_name(sample_id: str, role: str, gene: str) -> str:
+    """Layer name of a gene panel, e.g. ``"C2 predicted · ERBB2"``."""
+    return f"{sample_id} {PANEL_TITLES.get(role, role)} · {gene}"
+
+
+
+def values_layer_data(
+    values: np.ndarray,
+    coords_xy: np.ndarray,
+    spot_ids,
+    *,
+    name: str,
+    meta: dict,
+    clim: tuple[float, float],
+    colormap: str,
+    gene_table: dict[str, np.ndarray] | None = None,
+    column: str = "value",
+):
+    """A Points layer coloured by ``values`` (column ``column`` of ``features``)."""
+    feats = {"spot": np.asarray(spot_ids, dtype=object), column: np.asarray(values, dtype=np.float32)}
+    for g, v in (gene_table or {}).items():
+        feats.setdefault(g, np.asarray(v, dtype=np.float32))
+    ps = meta.get("pixel_size_um")
+    kwargs = dict(
+        name=name,
+        size=float(meta.get("spot_diameter_px") or 1.0),
+        scale=world_scale(ps),
+        units=world_units(ps),
+        features=feats,
+        face_color=column,
+        face_colormap=colormap,
+        face_contrast_limits=tuple(clim),
+        # a thin white rim keeps dark (low) spots visible on purple H&E
+        border_color="white",
+        border_width=0.06,
+        border_width_is_relative=True,
+        opacity=0.9,
+        metadata=dict(meta),
+    )
+    data = np.asarray(coords_xy, dtype=np.float64)[:, ::-1].copy()
+    return (data, kwargs, "points")
+
+
+def prediction_to_layer_data(adata, gene: str | None = None, meta: dict | None = None, key: str | None = None) -> list:
+    """Prediction, uncertainty and (when present) truth as Points layers.
+
+    ``meta`` is the slide's layer metadata (pixel size, spot diameter, sample
+    key); ``key`` the prediction's registry key.  ``features`` holds the spot
+    id and the chosen gene's ``value`` (shown on hover); the full matrices stay
+    in the AnnData (registry), since a wide ``features`` table makes every
+    recolouring in napari several times slower.  Prediction and truth share
+    one contrast range.  Order: prediction, truth, uncertainty.
+    """
+    meta = dict(meta or {})
+    genes = [str(g) for g in adata.var_names]
+    gene = gene if gene in genes else genes[0]
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    roles = ["pred"] + [r for r in ("truth", "std") if r in adata.layers]
+    sid = meta.get("sample_id") or adata.uns.get("flag", {}).get("sample_id", "slide")
+    vals = {r: gene_values(adata, gene, r) for r in roles}
+    shared = percentile_limits(*(vals[r] for r in roles if r != "std"))
+    out = []
+    for r in roles:
+        clim = percentile_limits(vals[r]) if r == "std" else shared
+        m = dict(meta, **{ROLE: r, "prediction_key": key, "gene": gene, "sample_id": str(sid), "clim": clim})
+        cmap = UNCERTAINTY_COLORMAP if r == "std" else EXPRESSION_COLORMAP
+        out.append(
+            values_layer_data(
+                vals[r], xy, adata.obs_names, name=panel_name(str(sid), r, gene), meta=m, clim=clim,
+                colormap=cmap,
+            )
+        )
+    return out

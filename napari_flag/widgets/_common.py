@@ -1,0 +1,379 @@
+"""What every napari-flag widget shares: the per-viewer session, error reporting,
+slide lookup, overwrite questions and the gene recolouring of prediction layers.
+
+The session is the one place that knows the *current prediction* and the
+*current gene*; widgets only listen to it, so a click in the metrics table, the
+Moran's I scatter or the gene picker all end in :meth:`FlagSession.set_gene`.
+"""
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from psygnal import Signal
+
+from .. import layers as L
+from ..errors import FlagInputError
+
+log = logging.getLogger("napari_flag")
+
+PRED_ROLES = ("pred", "truth", "std")
+
+
+# ---------------------------------------------------------------------------
+# errors
+
+
+def error_message(exc: BaseException) -> str:
+    """One line for the user: the core's own message, or the exception type and text."""
+    if isinstance(exc, FlagInputError):
+        return str(exc)
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def show_error(exc: BaseException | str) -> None:
+    """A napari notification, never a traceback dialog."""
+    from napari.utils.notifications import show_error as _show
+
+    msg = exc if isinstance(exc, str) else error_message(exc)
+    if not isinstance(exc, (str, FlagInputError)):
+        log.debug("napari-flag error", exc_info=exc)
+    _show(msg)
+
+
+def report_errors(fn: Callable) -> Callable:
+    """Decorator for widget slots: errors become notifications and the slot returns ``None``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:  # a widget slot must never raise into Qt
+            show_error(exc)
+            return None
+
+    return wrapper
+
+
+def confirm_overwrite(path: str | Path, parent=None) -> bool:
+    """Ask before replacing an existing file (tests monkeypatch this)."""
+    from qtpy.QtWidgets import QMessageBox
+
+    ans = QMessageBox.question(
+        parent,
+        "Overwrite?",
+        f"{Path(path).name} already exists in {Path(path).parent}.\nReplace it?",
+        QMessageBox.Yes | QMessageBox.No,
+        QMessageBox.No,
+    )
+    return ans == QMessageBox.Yes
+
+
+def may_write(path: str | Path, parent=None) -> bool:
+    p = Path(path)
+    return not p.exists() or confirm_overwrite(p, parent)
+
+
+# ---------------------------------------------------------------------------
+# viewer helpers
+
+
+def scale_bar_model(viewer):
+    """``viewer.canvas.overlays.scale_bar`` (napari >= 0.9) or ``viewer.scale_bar``."""
+    overlays = getattr(getattr(viewer, "canvas", None), "overlays", None)
+    bar = getattr(overlays, "scale_bar", None)
+    return bar if bar is not None else viewer.scale_bar
+
+
+def show_scale_bar(viewer) -> None:
+    """Scale bar on, in the layers' physical units (µm when the pixel size is known)."""
+    bar = scale_bar_model(viewer)
+    bar.visible = True
+    try:
+        bar.gridded = True  # one bar per panel in side-by-side mode
+    except Exception:  # older napari
+        pass
+
+
+def focus_on_spots(viewer, layers=None) -> None:
+    """Fit the view to the spots (the tissue), not to the whole slide image."""
+    from napari.layers import Points
+
+    if layers is None:
+        layers = [lyr for lyr in viewer.layers if isinstance(lyr, Points) and lyr.visible and len(lyr.data)]
+    layers = [lyr for lyr in layers if len(lyr.data)]
+    try:
+        viewer.reset_view(layers=layers or None, margin=0.03)
+    except TypeError:  # napari without the layers argument
+        viewer.reset_view()
+
+
+def flag_meta(layer) -> dict:
+    md = getattr(layer, "metadata", None) or {}
+    return md if L.ROLE in md else {}
+
+
+def slide_layers(viewer) -> list:
+    """Image layers a prediction can run on: slides opened by napari-flag, or any
+    RGB image that napari read from a file (the path is handed to ``load_sample``)."""
+    from napari.layers import Image
+
+    out = []
+    for lyr in viewer.layers:
+        if not isinstance(lyr, Image):
+            continue
+        md = flag_meta(lyr)
+        if md.get(L.ROLE) == "slide":
+            out.append(lyr)
+        elif not md and getattr(lyr, "rgb", False) and getattr(lyr.source, "path", None):
+            out.append(lyr)
+    return out
+
+
+def layer_source(layer) -> str | None:
+    """What ``load_sample`` needs to re-open the slide of ``layer``."""
+    md = flag_meta(layer)
+    return md.get("source") or getattr(layer.source, "path", None)
+
+
+def sample_for_layer(layer):
+    """The :class:`Sample` behind a slide layer: from the registry, else re-read from its source."""
+    md = flag_meta(layer)
+    s = L.get_sample(md.get("sample_key"))
+    if s is not None:
+        return s
+    src = layer_source(layer)
+    if not src:
+        raise FlagInputError(f"{layer.name}: layer has no source file or dataset id to read spots from")
+    from ..data import load_sample
+
+    return load_sample(src)
+
+
+def prediction_layers(viewer, key: str | None, roles=PRED_ROLES + ("lisa_truth", "lisa_pred")) -> dict:
+    """``{role: layer}`` of one prediction."""
+    out = {}
+    for lyr in viewer.layers:
+        md = flag_meta(lyr)
+        if md and md.get("prediction_key") == key and md.get(L.ROLE) in roles:
+            out.setdefault(md[L.ROLE], lyr)
+    return out
+
+
+def prediction_keys(viewer) -> list[str]:
+    """Predictions that still have a layer in the viewer, in layer order."""
+    keys = []
+    for lyr in viewer.layers:
+        md = flag_meta(lyr)
+        k = md.get("prediction_key")
+        if k and md.get(L.ROLE) == "pred" and k not in keys and L.get_prediction(k) is not None:
+            keys.append(k)
+    return keys
+
+
+def prediction_label(key: str) -> str:
+    """``"C2 · best.pt (#3)"``: slide, model file, run number."""
+    ad = L.get_prediction(key)
+    info = ad.uns.get("flag", {}) if ad is not None else {}
+    ck = Path(str(info.get("checkpoint", ""))).name
+    return f"{info.get('sample_id', '?')}{' · ' + ck if ck else ''} (#{key.rsplit('#', 1)[-1]})"
+
+
+# ---------------------------------------------------------------------------
+# recolouring
+
+
+def recolor_points(layer, values: np.ndarray, clim: tuple[float, float], name: str | None = None) -> None:
+    """Put ``values`` into the layer's ``value`` column and repaint with ``clim``.
+
+    Colours are mapped here and set directly: one visual update per layer,
+    where napari's colormap mode would rebuild the markers three to four times.
+    """
+    v = np.asarray(values, dtype=np.float32)
+    lo, hi = float(clim[0]), float(clim[1])
+    layer.features["value"] = v
+    t = np.clip((np.nan_to_num(v, nan=lo) - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
+    rgba = np.asarray(layer.face_colormap.map(t), dtype=np.float32)
+    rgba[~np.isfinite(v), 3] = 0.0  # genes missing from the truth: transparent
+    # the colour manager already tells the canvas; the layer-level event would
+    # make it rebuild the same markers a second time
+    with layer.events.face_color.blocker():
+        layer.face_color = rgba
+    layer.metadata["clim"] = (lo, hi)
+    if name is not None and layer.name != name:
+        layer.name = name
+
+
+def apply_gene(viewer, key: str, gene: str) -> tuple[float, float] | None:
+    """Colour prediction, truth and uncertainty layers of ``key`` by ``gene``.
+
+    Prediction and truth share one range (1-99th percentile of their union), so
+    a colour means the same value on both panels; uncertainty has its own.
+    Returns the shared range.
+    """
+    adata = L.get_prediction(key)
+    lyrs = prediction_layers(viewer, key, PRED_ROLES)
+    if adata is None or not lyrs:
+        return None
+    if gene not in adata.var_names:
+        raise FlagInputError(f"{gene}: not in the gene panel of this prediction")
+    vals = {r: L.gene_values(adata, gene, r) for r in lyrs}
+    shared = L.percentile_limits(*(v for r, v in vals.items() if r != "std"))
+    for r, lyr in lyrs.items():
+        clim = L.percentile_limits(vals[r]) if r == "std" else shared
+        sid = lyr.metadata.get("sample_id", "")
+        lyr.metadata["gene"] = gene
+        recolor_points(lyr, vals[r], clim, name=L.panel_name(sid, r, gene))
+    return shared
+
+
+# ---------------------------------------------------------------------------
+# session
+
+
+class FlagSession:
+    """Per-viewer state shared by the widgets: current prediction and gene."""
+
+    gene_changed = Signal(str)
+    prediction_changed = Signal(object)
+    predictions_updated = Signal()
+    #: a checkpoint picked elsewhere (e.g. the trainer's list) for the Predict widget
+    checkpoint_chosen = Signal(str)
+
+    def __init__(self, viewer):
+        import weakref
+
+        self._viewer = weakref.ref(viewer)
+        self.prediction_key: str | None = None
+        self.gene: str | None = None
+        self.clim: tuple[float, float] | None = None
+        self._keys: set[str] = set()  # predictions added in this viewer
+        viewer.layers.events.removed.connect(self._on_layers_changed)
+
+    @property
+    def viewer(self):
+        """The viewer (held weakly: a session must not keep a closed viewer alive)."""
+        return self._viewer()
+
+    # -- predictions
+    @property
+    def prediction(self):
+        return L.get_prediction(self.prediction_key)
+
+    def genes(self) -> list[str]:
+        ad = self.prediction
+        return [str(g) for g in ad.var_names] if ad is not None else []
+
+    def add_prediction(self, key: str) -> None:
+        self._keys.add(key)
+        self.predictions_updated.emit()
+        self.set_prediction(key)
+
+    def set_prediction(self, key: str | None) -> None:
+        if key == self.prediction_key:
+            return
+        self.prediction_key = key
+        self.prediction_changed.emit(key)
+        ad = self.prediction
+        if ad is not None:
+            genes = self.genes()
+            gene = self.gene if self.gene in genes else (self._layer_gene(key) or genes[0])
+            self.gene = None  # force a repaint for the new prediction
+            self.set_gene(gene)
+
+    def _layer_gene(self, key) -> str | None:
+        lyr = prediction_layers(self.viewer, key, ("pred",)).get("pred")
+        return lyr.metadata.get("gene") if lyr is not None else None
+
+    def _on_layers_changed(self, event=None) -> None:
+        keys = prediction_keys(self.viewer)
+        for gone in self._keys - set(keys):  # its last layer was deleted: free the arrays
+            self._keys.discard(gone)
+            L.forget_prediction(gone)
+            from . import _analysis
+
+            _analysis.forget(gone)
+        self.predictions_updated.emit()
+        if self.prediction_key is not None and self.prediction_key not in keys:
+            self.prediction_key = None
+            self.set_prediction(keys[-1] if keys else None)
+            if not keys:
+                self.prediction_changed.emit(None)
+
+    def use_checkpoint(self, path: str) -> None:
+        self.checkpoint_chosen.emit(str(path))
+
+    # -- genes
+    def set_gene(self, gene: str) -> None:
+        """Recolour the current prediction's layers by ``gene`` and tell the widgets."""
+        if not gene or gene == self.gene:
+            return
+        if self.prediction is not None and gene not in self.prediction.var_names:
+            raise FlagInputError(f"{gene}: not in the prediction's gene panel")
+        self.gene = gene
+        if self.prediction_key is not None:
+            self.clim = apply_gene(self.viewer, self.prediction_key, gene)
+        self.gene_changed.emit(gene)
+
+
+_SESSIONS: dict[int, FlagSession] = {}
+
+
+def _drop_session(vid: int, session_ref) -> None:
+    if _SESSIONS.get(vid) is session_ref():
+        _SESSIONS.pop(vid, None)
+
+
+def unwrap_viewer(viewer):
+    """The viewer itself: napari hands plugin widgets a public-only proxy, and
+    layers fetched through two different proxies do not compare equal."""
+    return getattr(viewer, "__wrapped__", viewer)
+
+
+def get_session(viewer) -> FlagSession:
+    """The session of ``viewer`` (created on first use, dropped with the viewer)."""
+    import weakref
+
+    viewer = unwrap_viewer(viewer)
+    s = _SESSIONS.get(id(viewer))
+    if s is None or s.viewer is not viewer:
+        s = FlagSession(viewer)
+        _SESSIONS[id(viewer)] = s
+        try:
+            weakref.finalize(viewer, _drop_session, id(viewer), weakref.ref(s))
+        except TypeError:  # not weak-referenceable: kept until the process ends
+            pass
+    return s
+
+
+def run_worker(gen_fn: Callable, *args: Any, cancel=None, **kwargs: Any):
+    """A napari ``thread_worker`` over the generator ``gen_fn(*args, **kwargs)``.
+
+    Errors are *yielded* as ``("error", exc)`` rather than raised, so napari
+    never shows a traceback.  ``cancel`` (a ``threading.Event``) is checked at
+    every event: once set, the inner generator is closed *in the worker
+    thread* (its cleanup, e.g. stopping a sampler after the current step, never
+    blocks the UI), nothing more is forwarded and ``("cancelled",)`` is yielded.
+    """
+    from napari.qt.threading import create_worker
+
+    def guarded():
+        gen = gen_fn(*args, **kwargs)
+        try:
+            for ev in gen:
+                if cancel is not None and cancel.is_set():
+                    break
+                yield ev
+            if cancel is not None and cancel.is_set():
+                gen.close()
+                yield ("cancelled",)
+        except Exception as exc:
+            yield ("error", exc)
+        finally:
+            gen.close()
+
+    return create_worker(guarded, _start_thread=False)

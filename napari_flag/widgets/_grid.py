@@ -1,0 +1,134 @@
+"""Side-by-side panels with napari's grid mode, each over its own copy of the H&E.
+
+napari (0.9) groups layers for grid mode by their index in the layer list,
+counted from the *bottom*: with ``grid.stride = 2`` layers 0-1 share the first
+viewbox (top left), 2-3 the second, and so on; within a viewbox the lower
+index is drawn first.  Hidden layers open no viewbox but still count in that
+grouping.  So the panels are laid out as pairs at the bottom of the list::
+
+    index 0  H&E · pred      ┐ viewbox 1  predicted
+    index 1  pred · GENE     ┘
+    index 2  H&E · truth     ┐ viewbox 2  measured
+    index 3  truth · GENE    ┘
+    index 4  H&E · std       ┐ viewbox 3  uncertainty
+    index 5  std · GENE      ┘
+    (index 6.. local Moran's I pairs when shown)
+    everything else above, hidden while the grid is on
+
+All viewboxes share one camera, so pan and zoom are linked.  The H&E copies
+share the slide's array (no pixel copy), only a texture per panel.
+"""
+from __future__ import annotations
+
+import math
+
+from .. import layers as L
+from ._common import flag_meta, focus_on_spots, prediction_layers, show_scale_bar
+
+PANEL_ORDER = ("pred", "truth", "std", "lisa_pred", "lisa_truth")
+_HIDDEN_KEY = "_flag_hidden_by_grid"
+
+
+def grid_model(viewer):
+    """``viewer.canvas.grid`` (napari >= 0.9) or ``viewer.grid``."""
+    canvas = getattr(viewer, "canvas", None)
+    grid = getattr(canvas, "grid", None)
+    return grid if grid is not None else viewer.grid
+
+
+def _slide_layer(viewer, meta: dict):
+    """The slide image a prediction was made from (by name, then by sample key)."""
+    name = meta.get("slide_layer")
+    if name and name in viewer.layers:
+        return viewer.layers[name]
+    for lyr in viewer.layers:
+        md = flag_meta(lyr)
+        if md.get(L.ROLE) == "slide" and md.get("sample_key") and md.get("sample_key") == meta.get("sample_key"):
+            return lyr
+    return None
+
+
+def _panel_image(viewer, key: str, role: str, slide):
+    for lyr in viewer.layers:
+        md = flag_meta(lyr)
+        if md.get(L.ROLE) == "panel_image" and md.get("prediction_key") == key and md.get("panel") == role:
+            return lyr
+    from napari.layers import Image
+
+    md = dict(flag_meta(slide), **{L.ROLE: "panel_image", "prediction_key": key, "panel": role})
+    img = Image(
+        slide.data,
+        rgb=True,
+        multiscale=slide.multiscale,
+        scale=slide.scale,
+        translate=slide.translate,
+        units=slide.units,
+        contrast_limits=slide.contrast_limits,
+        name=f"H&E under {L.PANEL_TITLES.get(role, role)}",
+        metadata=md,
+    )
+    return viewer.add_layer(img)
+
+
+def panel_layers(viewer, key: str) -> list[tuple]:
+    """``[(image_or_None, points), ...]`` in panel order, creating H&E copies as needed."""
+    pl = prediction_layers(viewer, key)
+    if not pl:
+        return []
+    slide = _slide_layer(viewer, flag_meta(pl["pred"]) if "pred" in pl else {})
+    out = []
+    for role in PANEL_ORDER:
+        if role in pl:
+            img = _panel_image(viewer, key, role, slide) if slide is not None else None
+            out.append((img, pl[role]))
+    return out
+
+
+def arrange_side_by_side(viewer, key: str) -> list:
+    """Turn grid mode on with one viewbox per panel of prediction ``key``; returns the panel layers."""
+    pairs = panel_layers(viewer, key)
+    if not pairs:
+        return []
+    ordered = []
+    for img, pts in pairs:
+        ordered.extend([img, pts] if img is not None else [pts])
+    stride = 2 if all(img is not None for img, _ in pairs) else 1
+    ll = viewer.layers
+    for i, lyr in enumerate(ordered):
+        cur = ll.index(lyr)
+        if cur != i:
+            ll.move(cur, i)
+    for lyr in list(ll)[len(ordered):]:
+        if lyr.visible:
+            lyr.visible = False
+            lyr.metadata[_HIDDEN_KEY] = True
+    for lyr in ordered:
+        lyr.visible = True
+    n = len(pairs)
+    grid = grid_model(viewer)
+    grid.stride = stride
+    grid.shape = (1, n) if n <= 3 else (2, math.ceil(n / 2))
+    grid.spacing = 0.02
+    grid.enabled = True
+    show_scale_bar(viewer)
+    focus_on_spots(viewer, [pts for _, pts in pairs])
+    return ordered
+
+
+def leave_side_by_side(viewer, key: str | None) -> None:
+    """Grid off; panel copies hidden, the prediction on top, other layers as they were."""
+    grid_model(viewer).enabled = False
+    for lyr in viewer.layers:
+        md = lyr.metadata or {}
+        if md.pop(_HIDDEN_KEY, False):
+            lyr.visible = True
+        fm = flag_meta(lyr)
+        if fm.get(L.ROLE) == "panel_image" or (
+            fm.get("prediction_key") == key and fm.get(L.ROLE) in PANEL_ORDER and fm.get(L.ROLE) != "pred"
+        ):
+            lyr.visible = False
+    pred = prediction_layers(viewer, key, ("pred",)).get("pred") if key else None
+    if pred is not None:
+        pred.visible = True
+        ll = viewer.layers
+        ll.move(ll.index(pred), len(ll))

@@ -1,0 +1,251 @@
+"""Gene maps: pick a gene, see predicted vs measured (and uncertainty) side by side.
+
+Switching gene only rewrites one feature column per layer and its contrast
+limits (see :func:`napari_flag.widgets._common.apply_gene`), so it stays well
+under the 100 ms budget on a 5,000-spot slide (``benchmarks/gene_switch.py``).
+Layout of the side-by-side view: :mod:`napari_flag.widgets._grid`.
+"""
+from __future__ import annotations
+
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import layers as L
+from ._common import get_session, prediction_keys, prediction_label, prediction_layers, report_errors, unwrap_viewer
+from ._grid import arrange_side_by_side, grid_model, leave_side_by_side
+
+
+class ColorbarCanvas(QWidget):
+    """The colour legend: expression (shared by predicted and measured) and
+    uncertainty, drawn with matplotlib.
+
+    The figure is built once; :meth:`set_limits` only moves tick labels and
+    titles, and the redraw is deferred a few tens of milliseconds (restarted
+    on every call) so that scrolling through genes repaints the maps first and
+    the legend once, when the user pauses.
+    """
+
+    DELAY_MS = 40
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        import numpy as np
+        from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
+        from matplotlib.figure import Figure
+        from qtpy.QtCore import QTimer
+
+        self.figure = Figure(figsize=(3.2, 1.5), dpi=100)
+        self.canvas = FigureCanvasQTAgg(self.figure)
+        self.canvas.setMinimumHeight(130)
+        grad = np.linspace(0, 1, 256)[None, :]
+        self.axes = []
+        for y, cmap in ((0.62, L.EXPRESSION_COLORMAP), (0.15, L.UNCERTAINTY_COLORMAP)):
+            ax = self.figure.add_axes((0.05, y, 0.9, 0.13))
+            ax.imshow(grad, aspect="auto", cmap=cmap, extent=(0, 1, 0, 1))
+            ax.set_yticks([])
+            ax.tick_params(labelsize=7, length=2, pad=1)
+            self.axes.append(ax)
+        self.limits: dict[str, tuple[float, float] | None] = {"expr": (0.0, 1.0), "unc": None}
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.timeout.connect(self.redraw)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.canvas)
+        self.set_limits(None, (0.0, 1.0), None)
+        self.redraw()
+
+    def set_limits(self, gene, expr, unc, unit: str = "log2(1+count)") -> None:
+        self.limits = {"expr": tuple(expr), "unc": None if unc is None else tuple(unc)}
+        g = gene or "gene"
+        self._titles = (f"{g}: predicted & measured, {unit}", f"{g}: uncertainty (std over samples)")
+        self._timer.start(self.DELAY_MS)
+
+    @staticmethod
+    def _ticks(ax, lo: float, hi: float) -> None:
+        from matplotlib.ticker import MaxNLocator
+
+        vals = [v for v in MaxNLocator(5).tick_values(lo, hi) if lo <= v <= hi] or [lo, hi]
+        span = (hi - lo) or 1.0
+        ax.set_xticks([(v - lo) / span for v in vals])
+        ax.set_xticklabels([f"{v:.3g}" for v in vals])
+
+    def redraw(self) -> None:
+        """Apply the pending limits and draw now."""
+        self._timer.stop()
+        ax_e, ax_u = self.axes
+        self._ticks(ax_e, *self.limits["expr"])
+        ax_e.set_title(self._titles[0], fontsize=8, pad=2)
+        unc = self.limits["unc"]
+        ax_u.set_visible(unc is not None)
+        if unc is not None:
+            self._ticks(ax_u, *unc)
+            ax_u.set_title(self._titles[1], fontsize=8, pad=2)
+        self.canvas.draw_idle()
+
+
+class GenePicker(QWidget):
+    """A filter box over a list of genes; Enter picks the first match."""
+
+    picked = Signal(str)
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.search = QLineEdit()
+        self.search.setPlaceholderText("search gene…")
+        self.search.setClearButtonEnabled(True)
+        self.list = QListWidget()
+        self.list.setMinimumHeight(120)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.addWidget(self.search)
+        lay.addWidget(self.list)
+        self.search.textChanged.connect(self.filter)
+        self.search.returnPressed.connect(self._pick_first)
+        self.list.currentTextChanged.connect(self._on_current)
+        self._quiet = False
+
+    def set_genes(self, genes) -> None:
+        self._quiet = True
+        self.list.clear()
+        self.list.addItems(list(genes))
+        self._quiet = False
+        self.filter(self.search.text())
+
+    def genes(self) -> list[str]:
+        return [self.list.item(i).text() for i in range(self.list.count())]
+
+    def visible_genes(self) -> list[str]:
+        return [self.list.item(i).text() for i in range(self.list.count()) if not self.list.item(i).isHidden()]
+
+    def filter(self, text: str) -> None:
+        t = (text or "").strip().lower()
+        for i in range(self.list.count()):
+            it = self.list.item(i)
+            it.setHidden(bool(t) and t not in it.text().lower())
+
+    def select(self, gene: str) -> None:
+        items = self.list.findItems(gene, Qt.MatchExactly)
+        if items and self.list.currentItem() is not items[0]:
+            self._quiet = True
+            self.list.setCurrentItem(items[0])
+            self.list.scrollToItem(items[0])
+            self._quiet = False
+
+    def _pick_first(self) -> None:
+        vis = self.visible_genes()
+        if vis:
+            t = self.search.text().strip().lower()
+            exact = [g for g in vis if g.lower() == t]
+            self.picked.emit(exact[0] if exact else vis[0])
+
+    def _on_current(self, text: str) -> None:
+        if text and not self._quiet:
+            self.picked.emit(text)
+
+
+class GeneMapsWidget(QWidget):
+    """Searchable gene picker, side-by-side toggle and a shared colour legend."""
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = unwrap_viewer(napari_viewer)
+        self.session = get_session(napari_viewer)
+
+        self.pred_combo = QComboBox()
+        self.pred_combo.setToolTip("Which prediction to show")
+        self.picker = GenePicker()
+        self.side = QCheckBox("Side by side (predicted | measured | uncertainty)")
+        self.side.setToolTip("Grid view with linked pan/zoom; each panel over its own copy of the H&E")
+        self.info = QLabel("Run Predict to get gene maps.")
+        self.info.setWordWrap(True)
+        self.colorbar = ColorbarCanvas()
+
+        lay = QVBoxLayout(self)
+        row = QHBoxLayout()
+        row.addWidget(QLabel("Prediction"))
+        row.addWidget(self.pred_combo, 1)
+        lay.addLayout(row)
+        lay.addWidget(self.picker, 1)
+        lay.addWidget(self.side)
+        lay.addWidget(self.colorbar)
+        lay.addWidget(self.info)
+
+        self.picker.picked.connect(self.set_gene)
+        self.pred_combo.currentIndexChanged.connect(self._on_combo)
+        self.side.toggled.connect(self.set_side_by_side)
+        self.session.gene_changed.connect(self._on_gene)
+        self.session.prediction_changed.connect(self._on_prediction)
+        self.session.predictions_updated.connect(self._refresh_predictions)
+        self._refresh_predictions()
+        self._on_prediction(self.session.prediction_key)
+
+    # -- predictions
+    def _refresh_predictions(self) -> None:
+        keys = prediction_keys(self.viewer)
+        self.pred_combo.blockSignals(True)
+        self.pred_combo.clear()
+        for k in keys:
+            self.pred_combo.addItem(prediction_label(k), k)
+        cur = self.session.prediction_key
+        if cur in keys:
+            self.pred_combo.setCurrentIndex(keys.index(cur))
+        self.pred_combo.blockSignals(False)
+
+    @report_errors
+    def _on_combo(self, index: int) -> None:
+        key = self.pred_combo.itemData(index)
+        if key:
+            self.session.set_prediction(key)
+
+    def _on_prediction(self, key) -> None:
+        self._refresh_predictions()
+        self.picker.set_genes(self.session.genes())
+        if key is None:
+            self.info.setText("Run Predict to get gene maps.")
+            return
+        if self.session.gene:
+            self._on_gene(self.session.gene)
+        if self.side.isChecked():
+            arrange_side_by_side(self.viewer, key)
+
+    # -- genes
+    @report_errors
+    def set_gene(self, gene: str) -> None:
+        self.session.set_gene(gene)
+
+    def _on_gene(self, gene: str) -> None:
+        self.picker.select(gene)
+        lyrs = prediction_layers(self.viewer, self.session.prediction_key, ("pred", "truth", "std"))
+        expr = self.session.clim or (0.0, 1.0)
+        unc = lyrs["std"].metadata.get("clim") if "std" in lyrs else None
+        ad = self.session.prediction
+        unit = ad.uns.get("flag", {}).get("transform", "log2p1") if ad is not None else "log2p1"
+        unit = {"log2p1": "log2(1+count)", "log1p": "ln(1+count)", "none": "count"}.get(unit, unit)
+        self.colorbar.set_limits(gene, expr, unc, unit)
+        self.info.setText(f"{gene}: colour range {expr[0]:.2f}–{expr[1]:.2f} "
+                          f"(1–99th percentile of measured ∪ predicted), same on both panels")
+
+    # -- layout
+    @report_errors
+    def set_side_by_side(self, on: bool) -> None:
+        key = self.session.prediction_key
+        if on:
+            if key is None:
+                self.side.blockSignals(True)
+                self.side.setChecked(False)
+                self.side.blockSignals(False)
+                self.info.setText("Run Predict first.")
+                return
+            arrange_side_by_side(self.viewer, key)
+        elif grid_model(self.viewer).enabled:
+            leave_side_by_side(self.viewer, key)

@@ -1,0 +1,258 @@
+"""Predict widget: slide layer(s) + checkpoint -> prediction, truth and uncertainty layers.
+
+The work is :func:`napari_flag.predict.iter_predict` in a napari thread
+worker; its progress events drive the progress bar.  Layers are added only
+when a slide's result arrives, so Cancel (honoured at the next sampler or
+feature batch) never leaves half-made layers behind.
+"""
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
+from qtpy.QtCore import Qt, Signal
+from qtpy.QtWidgets import (
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QProgressBar,
+    QPushButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from .. import layers as L
+from ._common import (
+    unwrap_viewer,
+    flag_meta,
+    get_session,
+    layer_source,
+    report_errors,
+    sample_for_layer,
+    show_error,
+    show_scale_bar,
+    slide_layers,
+    run_worker,
+)
+
+DEVICES = ("auto", "cpu", "cuda")
+
+
+def _default_checkpoint() -> str:
+    from ..checkpoint import default_checkpoint_path
+
+    p = default_checkpoint_path()
+    return str(p) if p.is_file() else ""
+
+
+def _predict_jobs(jobs, checkpoint, steps, samples, device):
+    """Worker body: every slide in turn; events carry the slide index."""
+    from ..data import load_sample
+    from ..predict import iter_predict
+
+    n = len(jobs)
+    for i, (meta, sample, source) in enumerate(jobs):
+        if sample is None:
+            yield ("progress", i, n, 0, 1, f"loading {source}")
+            sample = load_sample(source)
+        for ev in iter_predict(sample, checkpoint=checkpoint or None, steps=steps or None,
+                               samples=samples or None, device=device):
+            if ev[0] == "progress":
+                yield ("progress", i, n, int(ev[1]), int(ev[2]), str(ev[3]))
+            elif ev[0] == "result":
+                yield ("result", i, n, meta, ev[1])
+
+
+def add_prediction_layers(viewer, adata, slide_meta: dict | None = None) -> str:
+    """Register a prediction AnnData and add its layers (prediction, truth,
+    uncertainty); it becomes the session's current prediction.  Returns its key."""
+    from napari.layers import Layer
+
+    meta = dict(slide_meta or {})
+    info = adata.uns.get("flag", {})
+    for k in ("pixel_size_um", "spot_diameter_px", "grid", "sample_id"):
+        if meta.get(k) is None and info.get(k) is not None:
+            meta[k] = info[k]
+    session = get_session(viewer)
+    key = L.register_prediction(adata, meta.get("sample_key"))
+    gene = session.gene if session.gene in adata.var_names else None
+    for data, kwargs, ltype in L.prediction_to_layer_data(adata, gene=gene, meta=meta, key=key):
+        viewer.add_layer(Layer.create(data, kwargs, ltype))
+    session.add_prediction(key)
+    return key
+
+
+class PredictWidget(QWidget):
+    """Choose slides, a checkpoint and sampler settings; Predict / Cancel."""
+
+    #: (done, total, message) of the running slide's current stage
+    progress = Signal(int, int, str)
+    #: registry key of each finished prediction
+    prediction_added = Signal(str)
+    #: "finished" | "cancelled" | "error"
+    run_finished = Signal(str)
+
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = unwrap_viewer(napari_viewer)
+        self.session = get_session(napari_viewer)
+        self._worker = None
+        self._cancel = threading.Event()
+        self._outcome = "finished"
+
+        self.slides = QListWidget()
+        self.slides.setMaximumHeight(110)
+        self.slides.setToolTip("Slides to predict (H&E image layers opened with napari-flag)")
+        self.form = Container(
+            widgets=[
+                FileEdit(name="checkpoint", label="checkpoint", mode="r", filter="*.pt",
+                         value=_default_checkpoint(),
+                         tooltip="Trained model (.pt); the bundled default model is preselected"),
+                ComboBox(name="device", label="device", choices=DEVICES, value="auto"),
+                SpinBox(name="steps", label="sampler steps", min=0, max=1000, value=0,
+                        tooltip="Denoising steps (0 = the checkpoint's default)"),
+                SpinBox(name="samples", label="samples / spot", min=0, max=64, value=0,
+                        tooltip="Samples averaged per spot; their spread is the uncertainty (0 = default)"),
+            ],
+            labels=True,
+        )
+        self.predict_btn = QPushButton("Predict")
+        self.cancel_btn = QPushButton("Cancel")
+        self.cancel_btn.setEnabled(False)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+        lay = QVBoxLayout(self)
+        lay.addWidget(QLabel("Slides"))
+        lay.addWidget(self.slides)
+        lay.addWidget(self.form.native)
+        row = QHBoxLayout()
+        row.addWidget(self.predict_btn)
+        row.addWidget(self.cancel_btn)
+        lay.addLayout(row)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.status)
+        lay.addStretch(1)
+
+        self.session.checkpoint_chosen.connect(self._use_checkpoint)
+        self.predict_btn.clicked.connect(lambda *_: self.start())
+        self.cancel_btn.clicked.connect(lambda *_: self.cancel())
+        ev = self.viewer.layers.events
+        ev.inserted.connect(self.refresh_slides)
+        ev.removed.connect(self.refresh_slides)
+        self.refresh_slides()
+
+    def _use_checkpoint(self, path: str) -> None:
+        self.form.checkpoint.value = path
+        self.status.setText(f"checkpoint: {Path(path).name}")
+
+    # -- slides list
+    def refresh_slides(self, event=None) -> None:
+        checked = {self.slides.item(i).text() for i in range(self.slides.count())
+                   if self.slides.item(i).checkState() == Qt.Checked}
+        fresh = self.slides.count() == 0
+        self.slides.clear()
+        for j, lyr in enumerate(slide_layers(self.viewer)):
+            it = QListWidgetItem(lyr.name)
+            it.setFlags(it.flags() | Qt.ItemIsUserCheckable)
+            on = lyr.name in checked or (fresh and j == 0) or (not checked and j == 0)
+            it.setCheckState(Qt.Checked if on else Qt.Unchecked)
+            self.slides.addItem(it)
+
+    def set_slides(self, names) -> None:
+        names = set(names)
+        for i in range(self.slides.count()):
+            it = self.slides.item(i)
+            it.setCheckState(Qt.Checked if it.text() in names else Qt.Unchecked)
+
+    def selected_layers(self) -> list:
+        names = [self.slides.item(i).text() for i in range(self.slides.count())
+                 if self.slides.item(i).checkState() == Qt.Checked]
+        return [self.viewer.layers[n] for n in names if n in self.viewer.layers]
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    # -- run
+    @report_errors
+    def start(self) -> None:
+        if self.running:
+            return
+        chosen = self.selected_layers()
+        if not chosen:
+            show_error("Choose at least one slide layer (open a slide first: File > Open or the sample data menu)")
+            return
+        ckpt = str(self.form.checkpoint.value) if str(self.form.checkpoint.value) not in ("", ".") else ""
+        if ckpt and not Path(ckpt).is_file():
+            show_error(f"{ckpt}: checkpoint not found")
+            return
+        jobs = []
+        for lyr in chosen:
+            md = dict(flag_meta(lyr))
+            sample = L.get_sample(md.get("sample_key"))
+            src = None if sample is not None else layer_source(lyr)
+            if sample is None and not src:
+                sample = sample_for_layer(lyr)  # raises a clear error
+            md.setdefault("slide_layer", lyr.name)
+            jobs.append((md, sample, src))
+        self._cancel.clear()
+        self._outcome = "finished"
+        self._worker = run_worker(
+            _predict_jobs, jobs, ckpt, int(self.form.steps.value), int(self.form.samples.value),
+            str(self.form.device.value), cancel=self._cancel,
+        )
+        self._worker.yielded.connect(self._on_event)
+        self._worker.finished.connect(self._on_finished)
+        self.predict_btn.setEnabled(False)
+        self.cancel_btn.setEnabled(True)
+        self.bar.setRange(0, 0)
+        self.status.setText("starting…")
+        show_scale_bar(self.viewer)
+        self._worker.start()
+
+    def cancel(self) -> None:
+        """Stop at the next step; whatever is unfinished is dropped."""
+        if self.running:
+            self._cancel.set()
+            self.cancel_btn.setEnabled(False)
+            self.status.setText("cancelling after the current step…")
+
+    def _on_event(self, ev) -> None:
+        kind = ev[0]
+        if kind == "progress":
+            _, i, n, done, total, msg = ev
+            total = max(int(total), 1)
+            self.bar.setRange(0, total)
+            self.bar.setValue(min(int(done), total))
+            prefix = f"slide {i + 1}/{n}: " if n > 1 else ""
+            self.status.setText(f"{prefix}{msg} {done}/{total}")
+            self.progress.emit(int(done), total, str(msg))
+        elif kind == "result":
+            _, i, n, meta, adata = ev
+            self._add_result(meta, adata)
+        elif kind == "error":
+            self._outcome = "error"
+            show_error(ev[1])
+        elif kind == "cancelled":
+            self._outcome = "cancelled"
+
+    @report_errors
+    def _add_result(self, meta: dict, adata) -> None:
+        key = add_prediction_layers(self.viewer, adata, meta)
+        self.prediction_added.emit(key)
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self.predict_btn.setEnabled(True)
+        self.cancel_btn.setEnabled(False)
+        self.bar.setRange(0, 1)
+        self.bar.setValue(1 if self._outcome == "finished" else 0)
+        self.status.setText({"finished": "done", "cancelled": "cancelled: nothing unfinished was added",
+                             "error": "failed (see notification)"}[self._outcome])
+        self.run_finished.emit(self._outcome)

@@ -1,0 +1,373 @@
+"""The napari UI on a real HER2ST section with a tiny model trained here.
+
+Every widget is opened the way a user does (Plugins menu ->
+``add_plugin_dock_widget``).  Image layers and screenshots need an X server:
+pytest-xvfb starts one.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_flag import layers as L  # noqa: E402
+
+PLUGIN = "napari-flag"
+FEATURE_DIR = Path(tempfile.gettempdir()) / "napari-flag-test-features"  # shared with test_predict
+TINY_MODEL = dict(
+    preset="cpu", feat_dim_proj=32, cond_dim=16, graph_layers=1, graph_heads=2, depth=1, width=16,
+    heads=2, align_block=1, align_hidden=[16], sample_steps=2, sample_count=2,
+)
+N_GENES = 24
+
+
+@pytest.fixture(autouse=True)
+def _feature_cache(monkeypatch):
+    # widgets call the core with its default feature cache: point it at the tests' one
+    monkeypatch.setenv("NAPARI_FLAG_FEATURE_DIR", str(FEATURE_DIR))
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(her2st_dir, tmp_path_factory) -> Path:
+    from napari_flag.training import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("ui-model")
+    cfg = TrainConfig(
+        train=["her2st:C3"], val=[], n_genes=N_GENES, model=dict(TINY_MODEL), steps=3, batch_spots=64,
+        lr=1e-3, val_every=0, device="cpu", feature_cache=str(FEATURE_DIR), out_dir=str(out),
+    )
+    return Path(train(cfg).last_path)
+
+
+@pytest.fixture(scope="module")
+def c2_result(tiny_ckpt):
+    """A real prediction of C2 (for the widgets that only display one)."""
+    from napari_flag.predict import predict_sample
+
+    return predict_sample("her2st:C2", checkpoint=tiny_ckpt, steps=2, samples=2, device="cpu",
+                          feature_cache=str(FEATURE_DIR))
+
+
+def open_c2(viewer):
+    # dataset ids are not paths (napari's File > Open refuses them): sample data menu
+    layers = viewer.open_sample(PLUGIN, "her2st-C2")
+    assert [type(lyr).__name__ for lyr in layers] == ["Image", "Points"]
+    return layers
+
+
+def dock(viewer, name):
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, name)
+    return widget
+
+
+def with_prediction(viewer, result):
+    from napari_flag.widgets.predict import add_prediction_layers
+
+    slide, _ = open_c2(viewer)
+    meta = dict(slide.metadata, slide_layer=slide.name)
+    return add_prediction_layers(viewer, result, meta)
+
+
+def roles(viewer):
+    return {lyr.metadata.get(L.ROLE): lyr for lyr in viewer.layers if lyr.metadata.get(L.ROLE)}
+
+
+# ---------------------------------------------------------------------------- readers / sample data
+
+
+def test_open_her2st_and_visium(make_napari_viewer, visium_dir):
+    viewer = make_napari_viewer()
+    img, pts = open_c2(viewer)
+    s = L.get_sample(img.metadata["sample_key"])
+    assert img.units[0] == pts.units[0] and str(img.units[0]) == "micrometer"
+    assert pts.size[0] * pts.scale[0] == pytest.approx(100.0, rel=0.02)  # real spot diameter in um
+    assert len(pts.data) == s.n_spots and "ERBB2" in pts.features.columns
+    # the status bar shows the hovered spot's values
+    status = pts.get_status(tuple(pts.data[0]), world=False)
+    assert "spot:" in status["coordinates"] and "ERBB2" in status["coordinates"]
+    vis = viewer.open(str(visium_dir), plugin=PLUGIN)
+    assert vis[1].metadata["grid"] == "hex"
+
+
+def test_sample_data_menu(make_napari_viewer, tmp_path, monkeypatch):
+    from napari_flag.errors import FlagInputError
+
+    viewer = make_napari_viewer()
+    added = viewer.open_sample(PLUGIN, "her2st-C4")
+    assert [lyr.metadata[L.ROLE] for lyr in added] == ["slide", "spots"]
+    assert added[0].metadata["sample_id"] == "C4"
+    # not cached, no network: one clear error (napari shows its message), nothing added
+    monkeypatch.setenv("NAPARI_FLAG_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("NAPARI_FLAG_OFFLINE", "1")
+    with pytest.raises(FlagInputError, match="HER2ST C5 is not available"):
+        viewer.open_sample(PLUGIN, "her2st-C5")
+    assert len(viewer.layers) == 2
+
+
+# ---------------------------------------------------------------------------- predict
+
+
+def test_predict_real_section_adds_layers(make_napari_viewer, qtbot, tiny_ckpt):
+    viewer = make_napari_viewer()
+    open_c2(viewer)
+    w = dock(viewer, "Predict expression")
+    assert w.selected_layers() == [viewer.layers["C2 H&E"]]  # first slide preselected
+    w.form.checkpoint.value = str(tiny_ckpt)
+    w.form.device.value = "cpu"
+    w.form.steps.value = 2
+    w.form.samples.value = 2
+    progress = []
+    w.progress.connect(lambda d, t, m: progress.append((d, t, m)))
+    ticks = []
+    from qtpy.QtCore import QTimer
+
+    timer = QTimer()
+    timer.timeout.connect(lambda: ticks.append(time.monotonic()))
+    timer.start(20)
+    with qtbot.waitSignal(w.run_finished, timeout=180_000) as done:
+        w.predict_btn.click()
+        assert w.running
+    timer.stop()
+    assert done.args == ["finished"]
+    assert len(ticks) >= 3  # the event loop kept running while the worker worked
+    msgs = {m for _, _, m in progress}
+    assert {"features", "sampling"} <= msgs
+    r = roles(viewer)
+    assert {"pred", "truth", "std"} <= set(r)
+    pred, truth = r["pred"], r["truth"]
+    assert len(pred.data) == len(viewer.layers["C2 spots"].data)
+    assert pred.metadata["clim"] == truth.metadata["clim"]
+    gene = pred.metadata["gene"]
+    ad = L.get_prediction(pred.metadata["prediction_key"])
+    assert ad.n_vars == N_GENES and gene in ad.var_names
+    np.testing.assert_allclose(pred.features["value"], L.gene_values(ad, gene, "pred"))
+    np.testing.assert_allclose(pred.data, viewer.layers["C2 spots"].data)
+
+
+def test_predict_cancel_leaves_layers_unchanged(make_napari_viewer, qtbot, tiny_ckpt):
+    viewer = make_napari_viewer()
+    open_c2(viewer)
+    before = [lyr.name for lyr in viewer.layers]
+    w = dock(viewer, "Predict expression")
+    w.form.checkpoint.value = str(tiny_ckpt)
+    w.form.device.value = "cpu"
+    w.form.steps.value = 50  # long enough to cancel mid-run
+    with qtbot.waitSignal(w.run_finished, timeout=180_000) as done:
+        with qtbot.waitSignal(w.progress, timeout=60_000):
+            w.predict_btn.click()
+        w.cancel_btn.click()
+    assert done.args == ["cancelled"]
+    assert [lyr.name for lyr in viewer.layers] == before
+    assert w.predict_btn.isEnabled() and not w.running
+
+
+def test_predict_reports_bad_checkpoint(make_napari_viewer, qtbot, tmp_path, monkeypatch):
+    import napari_flag.widgets.predict as P
+
+    viewer = make_napari_viewer()
+    open_c2(viewer)
+    w = dock(viewer, "Predict expression")
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    errors = []
+    monkeypatch.setattr("napari_flag.widgets._common.show_error", lambda e: errors.append(e))
+    monkeypatch.setattr(P, "show_error", lambda e: errors.append(e))
+    w.form.checkpoint.value = str(bad)
+    with qtbot.waitSignal(w.run_finished, timeout=60_000) as done:
+        w.predict_btn.click()
+    assert done.args == ["error"] and len(errors) == 1
+    assert len(viewer.layers) == 2
+
+
+# ---------------------------------------------------------------------------- gene maps
+
+
+def test_gene_maps_side_by_side_and_switch(make_napari_viewer, qtbot, c2_result):
+    viewer = make_napari_viewer(show=True)
+    key = with_prediction(viewer, c2_result)
+    w = dock(viewer, "Gene maps")
+    assert w.picker.genes() == list(c2_result.var_names)
+    w.side.setChecked(True)
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    assert grid.enabled and grid.stride == 2
+    order = [lyr.metadata.get(L.ROLE) for lyr in viewer.layers][:6]
+    assert order == ["panel_image", "pred", "panel_image", "truth", "panel_image", "std"]
+    assert all(lyr.visible for lyr in list(viewer.layers)[:6])
+    assert not any(lyr.visible for lyr in list(viewer.layers)[6:])
+
+    # search + pick: both panels recoloured with one shared range
+    w.picker.search.setText("erbb")
+    assert w.picker.visible_genes() == ["ERBB2"] or "ERBB2" not in c2_result.var_names
+    target = "ERBB2" if "ERBB2" in c2_result.var_names else w.picker.genes()[3]
+    w.picker.search.setText(target)
+    w.picker.search.returnPressed.emit()
+    r = roles(viewer)
+    assert w.session.gene == target and r["pred"].metadata["gene"] == target
+    assert r["pred"].metadata["clim"] == r["truth"].metadata["clim"] == pytest.approx(w.session.clim)
+    lo, hi = w.session.clim
+    union = np.r_[L.gene_values(c2_result, target, "pred"), L.gene_values(c2_result, target, "truth")]
+    assert (lo, hi) == pytest.approx(tuple(np.percentile(union, [1, 99])))
+    # same value -> same colour on both panels
+    cmap = r["pred"].face_colormap
+    mid = (lo + hi) / 2
+    np.testing.assert_allclose(cmap.map(np.array([0.5]))[0], cmap.map(np.array([(mid - lo) / (hi - lo)]))[0])
+    np.testing.assert_allclose(r["truth"].features["value"], L.gene_values(c2_result, target, "truth"))
+    assert target in r["std"].name and target in r["truth"].name
+
+    # the screenshot has the H&E and the spots in each panel
+    qtbot.wait(300)
+    shot = viewer.screenshot(canvas_only=True, flash=False)
+    h, wd = shot.shape[:2]
+    thirds = [shot[:, i * wd // 3:(i + 1) * wd // 3, :3].astype(float) for i in range(3)]
+    for t in thirds:
+        assert t.std() > 10  # not a blank panel
+        assert (t.sum(axis=2) > 200).mean() > 0.05  # some bright pixels: slide or spots
+
+    w.side.setChecked(False)
+    assert not grid.enabled and roles(viewer)["pred"].visible
+    assert viewer.layers["C2 H&E"].visible
+    assert key == w.session.prediction_key
+
+
+# ---------------------------------------------------------------------------- metrics, Moran's I
+
+
+def test_metrics_table_drives_gene(make_napari_viewer, qtbot, c2_result):
+    viewer = make_napari_viewer()
+    with_prediction(viewer, c2_result)
+    w = dock(viewer, "Metrics")
+    with qtbot.waitSignal(w.computed, timeout=60_000):
+        pass
+    vals = {w.summary.item(i, 0).text(): w.summary.item(i, 1).text() for i in range(w.summary.rowCount())}
+    assert set(vals) >= {"PCC", "MSE", "GSC", "SSC", "ARI", "NMI", "DEG"}
+    assert all(v != "–" for k, v in vals.items() if k in ("PCC", "MSE", "GSC"))
+    assert w.genes.rowCount() == N_GENES
+    # sorted by PCC, best first
+    col = [w.genes.item(i, 1).value for i in range(w.genes.rowCount())]
+    assert col == sorted(col, reverse=True)
+    w.genes.sortItems(1, 0)  # ascending
+    gene = w.genes.item(0, 0).text()
+    w.genes.selectRow(0)
+    assert w.session.gene == gene and roles(viewer)["pred"].metadata["gene"] == gene
+
+
+def test_morans_scatter_and_local_maps(make_napari_viewer, qtbot, c2_result):
+    from napari_flag.metrics import evaluate_slide, grid_coords
+
+    viewer = make_napari_viewer()
+    with_prediction(viewer, c2_result)
+    w = dock(viewer, "Moran's I")
+    with qtbot.waitSignal(w.computed, timeout=60_000):
+        pass
+    title = w.scatter.ax.get_title()
+    assert title.startswith("SSC = ")
+    coords, grid = grid_coords(c2_result, "square")
+    m = evaluate_slide(np.asarray(c2_result.X), c2_result.layers["truth"], coords, grid=grid)
+    assert float(title.split("=")[1].split()[0]) == pytest.approx(m["SSC"], abs=1e-3)
+    g = w.scatter.genes[2]
+    w.scatter.pick_index(2)  # = clicking that dot
+    assert w.session.gene == g
+    w.local.setChecked(True)
+    r = roles(viewer)
+    assert {"lisa_pred", "lisa_truth"} <= set(r) and g in r["lisa_pred"].name
+    lo, hi = r["lisa_pred"].metadata["clim"]
+    assert lo == -hi and r["lisa_truth"].metadata["clim"] == (lo, hi)
+    g2 = w.scatter.genes[3]
+    w.session.set_gene(g2)
+    assert g2 in roles(viewer)["lisa_truth"].name
+    w.local.setChecked(False)
+    assert "lisa_pred" not in roles(viewer)
+
+
+# ---------------------------------------------------------------------------- export
+
+
+def test_export_asks_before_overwriting(make_napari_viewer, qtbot, c2_result, tmp_path, monkeypatch):
+    import anndata as ad
+    import pandas as pd
+
+    import napari_flag.widgets._common as C
+
+    viewer = make_napari_viewer(show=True)
+    with_prediction(viewer, c2_result)
+    w = dock(viewer, "Export")
+    w.form.folder.value = str(tmp_path)
+    asked = []
+    monkeypatch.setattr(C, "confirm_overwrite", lambda p, parent=None: asked.append(p) or False)
+    (h5,) = w.save_h5ad()
+    back = ad.read_h5ad(h5)
+    np.testing.assert_allclose(back.X, c2_result.X)
+    assert set(back.layers) >= {"std", "truth"} and not asked
+    files = w.save_csv()
+    assert {p.name for p in files} == {"C2_flag_pred.csv", "C2_flag_std.csv", "C2_flag_truth.csv"}
+    df = pd.read_csv(tmp_path / "C2_flag_pred.csv", index_col=0)
+    assert list(df.columns[:2]) == ["x", "y"] and df.shape == (c2_result.n_obs, 2 + c2_result.n_vars)
+    qtbot.wait(100)
+    (png,) = w.save_png()
+    assert png.stat().st_size > 1000
+    # second time: the user says no -> untouched
+    stamp = h5.stat().st_mtime_ns
+    assert w.save_h5ad() == [] and w.save_png() == [] and w.save_csv() == []
+    assert h5.stat().st_mtime_ns == stamp and len(asked) == 3
+    # ... and yes -> replaced
+    monkeypatch.setattr(C, "confirm_overwrite", lambda p, parent=None: True)
+    assert w.save_h5ad() == [h5]
+
+
+# ---------------------------------------------------------------------------- trainer
+
+
+def test_trainer_loss_stop_and_checkpoint(make_napari_viewer, qtbot, tmp_path, her2st_dir):
+    viewer = make_napari_viewer()
+    w = dock(viewer, "Train FLAG")
+    w.set_slides(["her2st:C3"])
+    f = w.form
+    f.n_genes.value = 16
+    f.steps.value = 10_000  # only Stop ends this run
+    f.batch_spots.value = 32
+    f.val_every.value = 0
+    f.device.value = "cpu"
+    f.out_dir.value = str(tmp_path / "run")
+    steps = []
+    w.step_done.connect(lambda s, losses: steps.append((s, losses["loss"])))
+    ckpts = []
+    w.checkpoint_written.connect(ckpts.append)
+    with qtbot.waitSignal(w.run_finished, timeout=240_000) as done:
+        w.train_btn.click()
+        qtbot.waitUntil(lambda: len(steps) >= 3, timeout=180_000)
+        w.stop_btn.click()
+    assert done.args == ["stopped"]
+    assert len(steps) >= 3 and all(np.isfinite(v) for _, v in steps)
+    assert w.plot.steps[: len(steps)] == [s for s, _ in steps][: len(w.plot.steps)]
+    assert ckpts and Path(ckpts[-1]).is_file() and Path(ckpts[-1]).name == "last.pt"
+    assert w.ckpts.count() >= 1 and w.result["status"] == "stopped"
+    from napari_flag.checkpoint import load_checkpoint
+
+    assert load_checkpoint(ckpts[-1])["step"] == w.result["step"] < 10_000
+    # double-click hands the checkpoint to Predict
+    p = dock(viewer, "Predict expression")
+    w.ckpts.itemDoubleClicked.emit(w.ckpts.item(0))
+    assert str(p.form.checkpoint.value) == ckpts[-1]
+
+
+# ---------------------------------------------------------------------------- demo
+
+
+def test_demo_docks_everything(make_napari_viewer):
+    from napari_flag._demo import DEMO_WIDGETS, run_demo
+
+    viewer = make_napari_viewer()
+    v = run_demo("her2st:C2", viewer=viewer, run=False)
+    from napari_flag.widgets._common import scale_bar_model
+
+    assert v is viewer and scale_bar_model(viewer).visible
+    assert [lyr.name for lyr in viewer.layers] == ["C2 H&E", "C2 spots"]
+    docked = set(viewer.window.dock_widgets)
+    for name, _ in DEMO_WIDGETS:
+        assert any(name in d for d in docked), name
