@@ -373,6 +373,7 @@ class FlagModel(nn.Module):
         solver: str = "heun",
         guidance: float | None = None,
         chunk_rows: int = 2048,
+        temperature: float | None = None,
     ) -> dict[str, torch.Tensor | None]:
         """Expression of every spot, in standardised units.
 
@@ -382,6 +383,7 @@ class FlagModel(nn.Module):
         rows at a time.  Each sample is clipped to ``[clip_min, clip_max]``
         (per gene, standardised units) before ``mean``/``std`` (unbiased; zero
         for one sample).  ``progress(done, total)`` is called after every step.
+        ``temperature`` scales the initial noise (default: the config's).
         The initial noise is drawn for all spots up front from ``generator``,
         so results do not depend on ``chunk_rows``.
 
@@ -419,7 +421,8 @@ class FlagModel(nn.Module):
                 }
 
             noise = torch.randn((m, s, g), generator=generator, device=_dev(generator, h)).to(h.device)
-            noise.mul_(self.edm.sigma_max)
+            tau = self.cfg.sample_temperature if temperature is None else float(temperature)
+            noise.mul_(self.edm.sigma_max * tau)
             total = len(chunks) * steps
             mean = torch.empty(s, g, device=h.device)
             std = torch.zeros(s, g, device=h.device)

@@ -1,0 +1,157 @@
+"""Leave-one-section-out benchmark on HER2ST patient C (sections C2-C6).
+
+For every held-out section: choose the 200-gene HMHVG panel on the other four,
+train each method on them with the same seed, and evaluate on the held-out
+section with ``napari_flag.metrics``.  Generative methods are reported twice:
+the default prediction (mean of the default number of samples) and a single
+sample (``<method>_sample``), which keeps gene-gene structure that averaging
+washes out.
+
+No model selection touches the held-out section: every method trains for a
+fixed number of steps and the final EMA weights are evaluated.
+
+    python benchmarks/her2st_loso.py --out benchmarks/results/her2st.json
+
+Folds run in parallel worker processes (``--jobs``), one torch thread each.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
+METHODS = ["flag", "no_graph", "no_align", "regression", "ridge", "mlp"]
+GENERATIVE = {"flag", "no_graph", "no_align"}
+
+
+def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], out_dir: str, seed: int,
+             reuse: bool = False, temperature: float | None = None) -> dict:
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(1)
+    from napari_flag.checkpoint import load_model
+    from napari_flag.metrics import evaluate_slide
+    from napari_flag.training import TrainConfig, prepare_data, train
+    from napari_flag.training.loop import predict_slide
+
+    train_ids = [f"her2st:{s}" for s in SECTIONS if s != held]
+    base = TrainConfig(
+        train=train_ids, val=[f"her2st:{held}"], test=[f"her2st:{held}"], steps=steps,
+        val_every=0, patience=0, seed=seed, device="cpu", log_every=100,
+    ).with_overrides(overrides)
+    data = prepare_data(base)  # panel + standardisation from the four training sections only
+    sl = data.val[0]
+    res: dict = {"held_out": held, "genes": data.genes, "methods": {}}
+    for m in methods:
+        cfg = base.replace(method=m, out_dir=str(Path(out_dir) / f"{held}_{m}"))
+        ckpt, info = Path(cfg.out_dir) / "last.pt", Path(cfg.out_dir) / "bench.json"
+        if reuse and ckpt.is_file() and info.is_file():
+            # sampler-only re-evaluation of a finished run: same weights, same panel
+            model, meta = load_model(ckpt, "cpu")
+            assert list(meta.genes) == list(data.genes), "panel differs from the saved run"
+            rec = json.loads(info.read_text())
+            t_train, n_steps = rec["train_s"], rec["steps"]
+        else:
+            t0 = time.time()
+            out = train(cfg, data=data)
+            t_train, model, n_steps = time.time() - t0, out.model, out.step
+            info.write_text(json.dumps({"train_s": t_train, "steps": n_steps}))
+        if temperature is not None and hasattr(model, "cfg"):
+            model.cfg.sample_temperature = float(temperature)
+        t0 = time.time()
+        pred, _, smp = predict_slide(model, sl, data.mean, data.std, data.transform,
+                                     seed=seed, return_samples=True)
+        t_pred = time.time() - t0
+        kw = dict(coords=sl.coords, grid=sl.grid or "auto", genes=data.genes, seed=seed)
+        res["methods"][m] = {"metrics": evaluate_slide(pred, sl.truth, **kw),
+                             "train_s": t_train, "predict_s": t_pred, "steps": n_steps}
+        if m in GENERATIVE and smp is not None:
+            res["methods"][m + "_sample"] = {"metrics": evaluate_slide(smp[0], sl.truth, **kw),
+                                             "train_s": t_train, "predict_s": t_pred, "steps": n_steps}
+        print(f"[{held}] {m}: " + " ".join(f"{k}={v:.3f}" for k, v in res["methods"][m]["metrics"].items())
+              + f" train={t_train:.0f}s", flush=True)
+    return res
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="benchmarks/results/her2st.json")
+    ap.add_argument("--sections", nargs="+", default=SECTIONS)
+    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--jobs", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs", default="runs/her2st_loso")
+    ap.add_argument("--reuse", action="store_true", help="evaluate finished runs in --runs instead of retraining")
+    ap.add_argument("--temperature", type=float, default=None, help="sampler temperature (default: the model's)")
+    ap.add_argument("overrides", nargs="*", help="TrainConfig key=value overrides (model.width=64 ...)")
+    a = ap.parse_args(argv)
+
+    import numpy as np
+
+    t0 = time.time()
+    with ProcessPoolExecutor(max_workers=a.jobs) as ex:
+        futs = [ex.submit(run_fold, s, a.methods, a.steps, a.overrides, a.runs, a.seed, a.reuse, a.temperature)
+                for s in a.sections]
+        folds = [f.result() for f in futs]
+
+    names = []
+    for f in folds:
+        for m in f["methods"]:
+            if m not in names:
+                names.append(m)
+    methods = {}
+    for m in names:
+        per = [f["methods"][m] for f in folds if m in f["methods"]]
+        keys = per[0]["metrics"].keys()
+        methods[m] = {
+            k: {"mean": float(np.nanmean([p["metrics"][k] for p in per])),
+                "std": float(np.nanstd([p["metrics"][k] for p in per])),
+                "folds": [float(p["metrics"][k]) for p in per]}
+            for k in keys
+        }
+        methods[m]["train_s"] = {"mean": float(np.mean([p["train_s"] for p in per])),
+                                 "folds": [float(p["train_s"]) for p in per]}
+        methods[m]["predict_s"] = {"mean": float(np.mean([p["predict_s"] for p in per])),
+                                   "folds": [float(p["predict_s"]) for p in per]}
+    import torch
+
+    import napari_flag
+
+    result = {
+        "methods": methods,
+        "folds": [f["held_out"] for f in folds],
+        "config": {"steps": a.steps, "seed": a.seed, "temperature": a.temperature, "overrides": a.overrides, "sections": a.sections},
+        "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "machine": f"{platform.platform()}; {os.cpu_count()} CPU cores; torch {torch.__version__}; "
+                   f"napari-flag {napari_flag.__version__}; {a.jobs} folds in parallel, 1 thread each",
+        "wall_s": time.time() - t0,
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1))
+    os.replace(tmp, out)
+    print(markdown_table(result))
+    return 0
+
+
+def markdown_table(result: dict) -> str:
+    keys = ["PCC", "PCC-50", "MSE", "GSC", "GSC-CCC", "SSC", "ARI", "NMI", "DEG"]
+    lines = ["| method | " + " | ".join(keys) + " | train s/fold |", "|---" * (len(keys) + 2) + "|"]
+    for m, r in result["methods"].items():
+        cells = [f"{r[k]['mean']:.3f} ± {r[k]['std']:.3f}" for k in keys]
+        lines.append(f"| {m} | " + " | ".join(cells) + f" | {r['train_s']['mean']:.0f} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Sampler efficiency: metrics and wall time versus sampler steps and samples per spot.
+
+    python benchmarks/sampler_nfe.py --checkpoint CKPT --section C2
+
+For each (steps, samples) the held-out section is predicted with the Heun
+sampler (2*steps-1 network evaluations per sample; 1 for steps=1) and the mean
+prediction is scored.  The default is the cheapest setting whose PCC, GSC and
+SSC are all within ``--tol`` of the (100 steps, 8 samples) reference.  Writes
+``benchmarks/results/sampler_nfe.json`` and a PNG of the curves.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+STEPS = [1, 2, 4, 8, 16, 32, 100]
+SAMPLES = [1, 4, 8]
+
+
+def nfe(steps: int, samples: int) -> int:
+    return (1 if steps == 1 else 2 * steps - 1) * samples
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", required=True)
+    ap.add_argument("--section", default="C2")
+    ap.add_argument("--steps", type=int, nargs="+", default=STEPS)
+    ap.add_argument("--samples", type=int, nargs="+", default=SAMPLES)
+    ap.add_argument("--tol", type=float, default=0.01)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out", default="benchmarks/results/sampler_nfe.json")
+    a = ap.parse_args(argv)
+
+    import numpy as np
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from napari_flag.checkpoint import load_model
+    from napari_flag.data import load_sample
+    from napari_flag.features import compute_features
+    from napari_flag.metrics import evaluate_slide
+    from napari_flag.predict import _encoder_for
+    from napari_flag.training.data import SlideData, slide_graph, target_matrix
+    from napari_flag.training.loop import predict_slide
+
+    model, meta = load_model(a.checkpoint, "cpu")
+    sample = load_sample(f"her2st:{a.section}")
+    feats = compute_features(sample, _encoder_for(meta, "cpu"))
+    g = meta.get("graph") or {}
+    slide = SlideData(a.section, torch.from_numpy(feats), slide_graph(sample, feats, int(g.get("k", 8)), g.get("radius_um")),
+                      sample.coords, sample.grid)
+    truth, _ = target_matrix(sample, meta.genes, meta.transform)
+    mean, std = meta["mean"].numpy(), meta["std"].numpy()
+
+    rows = []
+    for st in a.steps:
+        for ns in a.samples:
+            t0 = time.perf_counter()
+            pred, _, smp = predict_slide(model, slide, mean, std, meta.transform, steps=st, samples=ns,
+                                         seed=a.seed, return_samples=True)
+            dt = time.perf_counter() - t0
+            m = evaluate_slide(pred, truth, sample.coords, grid=sample.grid or "auto", seed=a.seed)
+            s1 = evaluate_slide(smp[0], truth, sample.coords, grid=sample.grid or "auto", seed=a.seed)
+            rows.append({"steps": st, "samples": ns, "nfe_per_spot": nfe(st, ns), "seconds": dt,
+                         "mean": m, "single_sample": s1})
+            print(f"steps={st:3d} samples={ns} nfe={nfe(st, ns):4d} {dt:6.2f}s  "
+                  + " ".join(f"{k}={m[k]:.3f}" for k in ("PCC", "MSE", "GSC", "GSC-CCC", "SSC")), flush=True)
+
+    ref = next(r for r in rows if r["steps"] == max(a.steps) and r["samples"] == max(a.samples))
+    ok = [r for r in rows if all(abs(r["mean"][k] - ref["mean"][k]) <= a.tol for k in ("PCC", "GSC", "SSC"))]
+    best = min(ok, key=lambda r: (r["nfe_per_spot"], r["seconds"]))
+    import napari_flag
+
+    result = {
+        "section": a.section, "checkpoint": str(a.checkpoint), "tol": a.tol,
+        "reference": {"steps": ref["steps"], "samples": ref["samples"], "nfe_per_spot": ref["nfe_per_spot"]},
+        "chosen": {"steps": best["steps"], "samples": best["samples"], "nfe_per_spot": best["nfe_per_spot"],
+                   "seconds": best["seconds"]},
+        "rows": rows,
+        "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
+        "machine": f"{platform.platform()}; {os.cpu_count()} CPU cores; torch {torch.__version__}; "
+                   f"{a.threads} threads; napari-flag {napari_flag.__version__}",
+    }
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=float))
+    os.replace(tmp, out)
+    plot(result, out.with_suffix(".png"))
+    print(f"chosen: steps={best['steps']} samples={best['samples']} ({best['nfe_per_spot']} NFE/spot)")
+    return 0
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ("PCC", "GSC", "GSC-CCC", "SSC")
+    fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4 * (len(keys) + 1), 3.4))
+    for ns in sorted({r["samples"] for r in result["rows"]}):
+        rr = sorted((r for r in result["rows"] if r["samples"] == ns), key=lambda r: r["nfe_per_spot"])
+        x = [r["nfe_per_spot"] for r in rr]
+        for ax, k in zip(axes, keys):
+            ax.plot(x, [r["mean"][k] for r in rr], "o-", label=f"{ns} sample(s)")
+        axes[-1].plot(x, [r["seconds"] for r in rr], "o-", label=f"{ns} sample(s)")
+    for ax, k in zip(axes, (*keys, "seconds per section")):
+        ax.set_xscale("log")
+        ax.set_xlabel("network evaluations per spot")
+        ax.set_title(k)
+        ax.axvline(result["chosen"]["nfe_per_spot"], color="grey", ls=":")
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"HER2ST {result['section']}: sampler steps x samples (dotted: chosen default)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
