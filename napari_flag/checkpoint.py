@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -144,21 +145,78 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     if not p.is_file():
         raise FlagInputError(f"{p}: checkpoint not found")
     try:
-        ckpt = torch.load(p, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns on odd pickle protocols: noise on stderr
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt, truncated, not torch, or unsafe pickle content
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FlagInputError(f"{p}: not a readable napari-flag checkpoint ({first[:200]})") from exc
+        raise FlagInputError(f"{p}: not a readable napari-flag checkpoint ({_load_problem(exc)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FlagInputError(f"{p}: not a napari-flag checkpoint")
-    if int(ckpt.get("format_version", -1)) > FORMAT_VERSION:
+    try:
+        version = int(ckpt.get("format_version", -1))
+    except (TypeError, ValueError):
+        version = -1
+    if version > FORMAT_VERSION:
         raise FlagInputError(
-            f"{p}: checkpoint format {ckpt.get('format_version')} is newer than this napari-flag "
+            f"{p}: checkpoint format {version} is newer than this napari-flag "
             f"supports ({FORMAT_VERSION}); upgrade napari-flag"
         )
     missing = [k for k in REQUIRED if k not in ckpt]
     if missing:
         raise FlagInputError(f"{p}: incomplete checkpoint (missing {', '.join(missing)})")
+    problem = _invalid_fields(ckpt)
+    if problem:
+        raise FlagInputError(f"{p}: invalid checkpoint ({problem})")
     return ckpt
+
+
+def _load_problem(exc: BaseException) -> str:
+    """What went wrong in ``torch.load``, in words a user can act on (torch's own text is long)."""
+    import pickle
+
+    text = str(exc)
+    if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
+        # torch's safe unpickler stopped before building anything: no code from the file ran
+        if "global" in text.lower():
+            return "refused: it holds Python objects besides tensors and plain data; nothing from it was run"
+        return "refused: corrupt, or not made of tensors and plain data only; nothing from it was run"
+    if "zip archive" in text or "central directory" in text or isinstance(exc, EOFError):
+        return "truncated or corrupt file"
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return f"corrupt or not a torch file: {first[:120]}"
+
+
+def _invalid_fields(ckpt: dict) -> str | None:
+    """The first field a prediction would trip over, checked up front so the error names the file."""
+    from .training.config import METHODS, TRANSFORMS
+
+    if ckpt["method"] not in METHODS:
+        return f"unknown method {ckpt['method']!r}"
+    if ckpt["transform"] not in TRANSFORMS:
+        return f"unknown transform {ckpt['transform']!r}; expected one of {', '.join(TRANSFORMS)}"
+    genes = ckpt["genes"]
+    if not isinstance(genes, (list, tuple)) or not genes or not all(isinstance(g, str) for g in genes):
+        return "gene panel is not a non-empty list of names"
+    if len(set(genes)) != len(genes):
+        return "gene panel has duplicate names"
+    for k in ("mean", "std"):
+        v = ckpt[k]
+        if not isinstance(v, torch.Tensor) or tuple(v.shape) != (len(genes),) or not torch.isfinite(v).all():
+            return f"{k} is not {len(genes)} finite numbers, one per gene"
+    if not bool((ckpt["std"] > 0).all()):
+        return "std has non-positive entries"
+    enc = ckpt["encoder"]
+    if not isinstance(enc, dict) or not isinstance(enc.get("name"), str):
+        return "encoder identity is missing its name"
+    for k, typ in (("dim", int), ("patch_um", (int, float)), ("patch_px", int)):
+        if not isinstance(enc.get(k), typ) or isinstance(enc.get(k), bool) or not enc[k] > 0:
+            return f"encoder {k} is not a positive number"
+    for k in ("model_config", "train_config", "graph"):
+        if ckpt.get(k) is not None and not isinstance(ckpt[k], dict):
+            return f"{k} is not a mapping"
+    if ckpt["method"] not in ("ridge", "mlp") and not isinstance(ckpt.get("model_config"), dict):
+        return "no model_config"
+    return None
 
 
 def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
@@ -214,8 +272,8 @@ def build_model(ckpt: dict, path: str | Path = "<checkpoint>"):
     except FlagInputError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise FlagInputError(f"{path}: checkpoint does not fit this napari-flag model ({first[:200]})") from exc
+        text = " ".join(str(exc).split()) or type(exc).__name__  # state_dict errors put the point on line 2
+        raise FlagInputError(f"{path}: checkpoint does not fit this napari-flag model ({text[:240]})") from exc
 
 
 def load_model(path: str | Path | None = None, device: Any = "cpu"):

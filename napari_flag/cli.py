@@ -27,6 +27,11 @@ class _Parser(argparse.ArgumentParser):
         _fail(f"{message} (see {self.prog} --help)", status=2)
 
 
+def _note(message: str) -> None:
+    """A one-line remark on stderr for a run that still succeeds."""
+    print(f"{PROG}: note: {' '.join(str(message).split())}", file=sys.stderr)
+
+
 def _fail(message: str, status: int = 1):
     msg = " ".join(str(message).split())
     print(f"{PROG}: error: {msg}", file=sys.stderr)
@@ -136,28 +141,68 @@ def _dense(x):
     return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
 
 
+def _flag_info(adata, path) -> dict:
+    """``uns['flag']`` of a file, checked: it is read from the file, so it may hold anything."""
+    from collections.abc import Mapping
+
+    from .data.panel import TRANSFORMS
+
+    info = adata.uns.get("flag", {})
+    if not isinstance(info, Mapping):
+        raise FlagInputError(f"{path}: uns['flag'] is a {type(info).__name__}, not a mapping")
+    info = {str(k): v for k, v in info.items()}
+    tr = info.get("transform")
+    if tr is not None and (not isinstance(tr, str) or tr not in TRANSFORMS):
+        raise FlagInputError(f"{path}: uns['flag']['transform'] is not one of {', '.join(TRANSFORMS)}")
+    for k in ("grid", "sample_id"):  # only plain strings are used
+        if k in info and not isinstance(info[k], str):
+            del info[k]
+    return info
+
+
 def _truth_from_file(path, genes, transform: str):
-    """Truth matrix for ``genes`` from a prediction-format file (``layers['truth']``) or raw counts."""
+    """Truth matrix for ``genes`` from a prediction-format file (``layers['truth']``) or raw counts.
+
+    A prediction-format truth must be on the prediction's scale (its
+    ``uns['flag']['transform']``, when recorded); raw counts are transformed like
+    the prediction.  Panel genes the truth lacks are left out of the metrics
+    (noted on stderr); none shared is an error.
+    """
     import numpy as np
 
     t = _read_h5ad(path)
+    names = [str(g) for g in t.var_names]
+    present = set(names)
+    have = [g for g in genes if g in present]
+    if not have:
+        raise FlagInputError(f"{path}: shares no genes with the prediction's panel")
+    if len(have) < len(genes):
+        _note(f"{path}: lacks {len(genes) - len(have)} of the {len(genes)} panel genes; they are left out")
     if "truth" in t.layers:
+        ttr = _flag_info(t, path).get("transform")
+        if ttr is not None and ttr != transform:
+            raise FlagInputError(f"{path}: truth is on the {ttr!r} scale but the prediction on {transform!r}")
         mat = _dense(t.layers["truth"])
-    else:
-        from .data.panel import panel_matrix
-
-        names = set(map(str, t.var_names))
-        have = [g for g in genes if g in names]
-        if not have:
-            raise FlagInputError(f"{path}: shares no genes with the prediction")
+        col = {g: i for i, g in enumerate(names)}
         out = np.full((t.n_obs, len(genes)), np.nan)
-        out[:, [genes.index(g) for g in have]] = panel_matrix(t, have, transform)
+        for j, g in enumerate(genes):
+            if g in col:
+                out[:, j] = mat[:, col[g]]
         return out, [str(s) for s in t.obs_names]
-    col = {g: i for i, g in enumerate(map(str, t.var_names))}
+    from .data.panel import panel_matrix
+
+    first: dict = {}
+    for i, g in enumerate(names):
+        first.setdefault(g, i)
+    X = t.X
+    raw = _dense(X[:, [first[g] for g in have]])
+    if not np.isfinite(raw).all() or (raw < 0).any():
+        raise FlagInputError(f"{path}: X holds negative or non-finite values, not raw counts "
+                             f"(pass counts, or a prediction file with layers['truth'])")
+    if not np.allclose(raw, np.round(raw)):
+        _note(f"{path}: X is not integer counts; it is transformed ({transform}) as if it were")
     out = np.full((t.n_obs, len(genes)), np.nan)
-    for j, g in enumerate(genes):
-        if g in col:
-            out[:, j] = mat[:, col[g]]
+    out[:, [genes.index(g) for g in have]] = panel_matrix(t, have, transform)
     return out, [str(s) for s in t.obs_names]
 
 
@@ -167,7 +212,7 @@ def _evaluate_one(path, truth_path, grid: str, layer: str):
     from .metrics import evaluate_slide
 
     a = _read_h5ad(path)
-    info = dict(a.uns.get("flag", {}))
+    info = _flag_info(a, path)
     genes = [str(g) for g in a.var_names]
     if layer == "X":
         pred = _dense(a.X)
@@ -209,6 +254,13 @@ def _cmd_evaluate(args) -> int:
     truths = args.truth or []
     if truths and len(truths) not in (1, len(args.pred)) or (len(truths) == 1 and len(args.pred) > 1):
         raise FlagInputError(f"--truth: give one truth file per prediction ({len(args.pred)}), got {len(truths)}")
+    out = None
+    if args.json:  # checked before the work, so a refusal costs nothing
+        out = Path(args.json).expanduser()
+        if out.exists() and not args.overwrite:
+            raise FlagInputError(f"{out}: already exists (use --overwrite to replace it)")
+        if not out.parent.is_dir():
+            raise FlagInputError(f"{out.parent}: output folder does not exist")
     per: dict = {}
     for i, p in enumerate(args.pred):
         sid, m = _evaluate_one(p, truths[i] if truths else None, args.grid, args.layer)
@@ -218,13 +270,15 @@ def _cmd_evaluate(args) -> int:
         per[key] = m
     result = summarize(per)
     print(format_table(result))
-    if args.json:
-        out = Path(args.json).expanduser()
-        if not out.parent.is_dir():
-            raise FlagInputError(f"{out.parent}: output folder does not exist")
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(jsonable(result), indent=2) + "\n")
-        tmp.replace(out)
+    if out is not None:
+        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps(jsonable(result), indent=2) + "\n")
+            tmp.replace(out)
+        except OSError as exc:
+            raise FlagInputError(f"{out}: not written ({exc.strerror or exc})") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
     return 0
 
 
@@ -232,6 +286,8 @@ def _cmd_evaluate(args) -> int:
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training config (YAML); see configs/")
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt at its saved step")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh even if OUT_DIR holds a run (its checkpoints and log are replaced)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or log lines")
     p.add_argument("overrides", nargs="*", metavar="key=value",
                    help="override config keys, e.g. steps=500 model.depth=4 'train=[her2st:C3,her2st:C4]'")
@@ -243,6 +299,10 @@ def _cmd_train(args) -> int:
     from .training import TrainConfig, train
 
     cfg = TrainConfig.from_yaml(args.config, args.overrides)
+    last = Path(cfg.out_dir).expanduser() / "last.pt"
+    if last.is_file() and not (args.resume or args.overwrite):
+        raise FlagInputError(f"{last}: a run exists in this out_dir (use --resume to continue it, "
+                             f"--overwrite to start afresh, or another out_dir)")
     quiet = args.quiet
     prep = _bars(quiet)
     state: dict = {"bar": None}
@@ -336,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="spot lattice for Moran's I (auto: from the file, else inferred)")
     p.add_argument("--layer", default="X", help="what to evaluate: X (mean) or a layer such as 'sample'")
     p.add_argument("--json", default=None, metavar="OUT.json", help="also write the metrics as JSON")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT.json if it exists")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("train", help="train a model (same as napari-flag-train)",

@@ -249,10 +249,12 @@ def write_prediction(adata, out: str | Path, overwrite: bool = False) -> Path:
         adata.write_h5ad(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):  # disk full, permissions: say which file was not written
+            raise FlagInputError(f"{out}: not written ({exc.strerror or exc})") from exc
         raise
     return out

@@ -311,10 +311,10 @@ def test_export_asks_before_overwriting(make_napari_viewer, qtbot, c2_result, tm
     qtbot.wait(100)
     (png,) = w.save_png()
     assert png.stat().st_size > 1000
-    # second time: the user says no -> untouched
-    stamp = h5.stat().st_mtime_ns
+    # second time: the user says no -> every file byte-identical
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
     assert w.save_h5ad() == [] and w.save_png() == [] and w.save_csv() == []
-    assert h5.stat().st_mtime_ns == stamp and len(asked) == 3
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before and len(asked) == 3
     # ... and yes -> replaced
     monkeypatch.setattr(C, "confirm_overwrite", lambda p, parent=None: True)
     assert w.save_h5ad() == [h5]

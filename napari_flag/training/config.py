@@ -64,7 +64,9 @@ class TrainConfig:
     val_samples: int = 1  # samples per spot for validation predictions
     val_metric: str = "PCC"  # early stopping / best.pt criterion (mean over val slides)
     patience: int = 0  # validations without improvement before stopping; 0 = never stop early
-    ckpt_every: int = 0  # steps between last.pt saves besides validations; 0 = only with validation
+    # last.pt is saved at every validation, on Stop and at the end, and besides: every ckpt_every
+    # steps (> 0), once per epoch (0: a killed run loses at most one epoch), or never (< 0).
+    ckpt_every: int = 0
     log_every: int = 10
     out_dir: str = "runs/flag"
 

@@ -247,6 +247,63 @@ def _better(a: float, b: float | None, metric: str) -> bool:
     return a < b if metric in LOWER_IS_BETTER else a > b
 
 
+# FlagConfig keys that only change sampling (prediction, validation), not what is trained.
+SAMPLER_KEYS = ("sample_steps", "sample_count", "sample_temperature", "guidance", "align_dim")
+
+
+def _resume_mismatch(ckpt: dict, cfg: TrainConfig) -> str | None:
+    """Why ``cfg`` would not continue the run saved in ``ckpt`` (None when it would).
+
+    Resuming with another panel, target scale, encoder or model silently mixes
+    two different runs, so each of these is an error instead.
+    """
+    tc = ckpt.get("train_config") or {}
+    genes = list(ckpt["genes"])
+    if ckpt.get("transform") != cfg.transform:
+        return f"checkpoint transform {ckpt.get('transform')!r} differs from config transform {cfg.transform!r}"
+    if cfg.genes is not None and list(cfg.genes) != genes:
+        return f"gene panel differs (checkpoint {len(genes)} genes, config genes list {len(cfg.genes)})"
+    if cfg.genes is None and tc.get("genes") is not None:
+        return f"checkpoint was trained on a fixed panel of {len(genes)} genes, config selects its own"
+    if cfg.genes is None and int(tc.get("n_genes", cfg.n_genes)) != cfg.n_genes:
+        return f"gene panel differs (checkpoint n_genes={tc.get('n_genes')}, config n_genes={cfg.n_genes})"
+    for key in ("encoder", "encoder_kw", "graph_k", "graph_radius_um"):
+        if key in tc and json.dumps(tc[key], sort_keys=True) != json.dumps(getattr(cfg, key), sort_keys=True):
+            return f"checkpoint {key}={tc[key]!r} differs from config {key}={getattr(cfg, key)!r}"
+    if not cfg.is_baseline and isinstance(ckpt.get("model_config"), dict):
+        have = {k: v for k, v in ckpt["model_config"].items() if k not in SAMPLER_KEYS}
+        want = {k: v for k, v in cfg.flag_config().to_dict().items() if k not in SAMPLER_KEYS}
+        diff = sorted(k for k in set(have) | set(want)
+                      if json.dumps(have.get(k), sort_keys=True) != json.dumps(want.get(k), sort_keys=True))
+        if diff:
+            k = diff[0]
+            more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+            return f"model {k}={have.get(k)!r} in the checkpoint, {want.get(k)!r} in the config{more}"
+    return None
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _trim_log(path: Path, step: int) -> None:
+    """Drop log records past the resumed step (a killed run logged steps its checkpoint lacks)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+            past = isinstance(rec, dict) and int(rec.get("step", 0) or 0) > step
+        except (ValueError, TypeError):  # a line cut short by the kill
+            continue
+        if isinstance(rec, dict) and not past:
+            keep.append(line)
+    _atomic_text(path, "".join(ln + "\n" for ln in keep))
+
+
 def _json_line(path: Path, rec: dict) -> None:
     from ..metrics import jsonable
 
@@ -285,6 +342,9 @@ def train(
     try:
         if is_main:
             out_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("last.pt", "best.pt", "config.yaml", "train_log.jsonl"):
+                for tmp in out_dir.glob(f".{name}.*.tmp"):  # left by a killed run's atomic write
+                    tmp.unlink(missing_ok=True)
 
         ckpt = None
         if resume and last_path.is_file():
@@ -297,9 +357,18 @@ def train(
                 raise FlagInputError(f"{last_path}: holds no training state (an exported model?); cannot resume")
             if data is not None and list(data.genes) != list(ckpt["genes"]):
                 raise FlagInputError(f"{last_path}: gene panel differs from the prepared data's; cannot resume")
+            problem = _resume_mismatch(ckpt, cfg)
+            if problem:
+                raise FlagInputError(f"{last_path}: {problem}; cannot resume (use its settings or a new out_dir)")
+            if is_main:
+                _trim_log(log_path, int(ckpt["step"]))
             emit("on_log", f"resuming from {last_path} at step {ckpt['step']}")
-        elif resume:
-            emit("on_log", f"nothing to resume in {out_dir}; starting fresh")
+        else:
+            if resume:
+                emit("on_log", f"nothing to resume in {out_dir}; starting fresh")
+            if is_main:  # a fresh run replaces an earlier one: no stale best.pt or log lines
+                for stale in (best_path, log_path):
+                    stale.unlink(missing_ok=True)
 
         if data is None:
             genes = stats = None
@@ -310,7 +379,7 @@ def train(
             data = prepare_data(cfg, progress=lambda *a: emit("on_progress", *a), genes=genes, stats=stats,
                                 device=device)
         if is_main:
-            cfg.to_yaml(out_dir / "config.yaml")
+            _atomic_text(out_dir / "config.yaml", cfg.to_yaml())
         emit("on_log", f"{len(data.train)} training / {len(data.val)} validation slides, "
                        f"{len(data.genes)} genes, features {data.feat_dim}-d, device {device}")
 
@@ -343,7 +412,8 @@ def train(
                 ema.load_state_dict(ckpt["model"])
                 opt.load_state_dict(ckpt["optimizer"])
             except (RuntimeError, ValueError, KeyError) as exc:
-                raise FlagInputError(f"{last_path}: does not match this config's model ({str(exc).splitlines()[0]})") from exc
+                raise FlagInputError(f"{last_path}: does not match this config's model "
+                                     f"({' '.join(str(exc).split())[:240]})") from exc
             start = int(ckpt["step"])
             state.update(ckpt["train_state"])
         common["model_config"] = model.cfg.to_dict()
@@ -438,6 +508,8 @@ def train(
                 save(last_path, step)
             elif cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0:
                 save(last_path, step)
+            elif cfg.ckpt_every == 0 and _epoch_of(step, world, n_train) > _epoch_of(step - 1, world, n_train):
+                save(last_path, step)  # once per epoch: a killed run loses at most one epoch
             if early:
                 status = "early_stopped"
                 break

@@ -31,6 +31,7 @@ from ._common import (
     flag_meta,
     get_session,
     layer_source,
+    may_write,
     report_errors,
     run_worker,
     show_error,
@@ -278,6 +279,8 @@ class TrainerWidget(QWidget):
         if self.running:
             return
         cfg = cfg if cfg is not None else self.config()
+        if not may_write(Path(cfg.out_dir).expanduser() / "last.pt", self):
+            return  # keep the earlier run in that folder
         self._stop.clear()
         self.result = None
         self._outcome = "error"
