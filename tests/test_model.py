@@ -15,6 +15,16 @@ from napari_flag.model import EDM, FlagConfig, FlagModel
 S, G, D, DE = 48, 12, 16, 10
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """These models are tiny: intra-op threads only add synchronisation cost, and
+    on a shared, oversubscribed runner they can slow a step down 20-fold."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny(**kw) -> FlagConfig:
     base = dict(
         width=32, heads=2, depth=2, mlp_ratio=2.0, feat_dim_proj=32, cond_dim=32,
@@ -135,6 +145,12 @@ def test_sample_contract(toy):
     torch.testing.assert_close(a["std"], b["std"])
     c = m.sample(h, steps=2, samples=3, generator=torch.Generator().manual_seed(8))
     assert not torch.allclose(a["mean"], c["mean"])
+
+    # temperature scales the initial noise: at 0 every sample starts (and ends) alike
+    cold = m.sample(h, steps=2, samples=3, temperature=0.0)
+    assert (cold["std"] == 0).all()
+    hot = m.sample(h, steps=2, samples=3, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    assert hot["std"].mean() > 0
 
     # one sample -> zero std; Euler and one-step paths work
     one = m.sample(h, steps=2, samples=1)
