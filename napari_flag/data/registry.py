@@ -74,7 +74,7 @@ def cache_dir() -> Path:
 def _her2st() -> dict[str, DatasetInfo]:
     out: dict[str, DatasetInfo] = {}
     with open(_MANIFEST, newline="") as fh:
-        for row in csv.DictReader(fh, delimiter="\t"):
+        for row in csv.DictReader((ln for ln in fh if not ln.startswith("#")), delimiter="\t"):
             sec = row["section"].strip()
             out[sec] = DatasetInfo(
                 dataset_id=f"her2st:{sec}",
