@@ -377,3 +377,60 @@ def run_worker(gen_fn: Callable, *args: Any, cancel=None, **kwargs: Any):
             gen.close()
 
     return create_worker(guarded, _start_thread=False)
+
+
+class EvaluationJob:
+    """Mixin for panels fed by the shared per-prediction evaluation (``_analysis``).
+
+    The host sets ``session``, ``title`` (a QLabel), ``_worker = None`` and
+    ``_failed = set()``, and defines ``compute()`` and ``_show(key, ev)``;
+    ``_what`` names the result in messages.  A failed prediction is remembered
+    so it is not retried on every gene switch.
+    """
+
+    _what = "results"
+
+    @property
+    def running(self) -> bool:
+        return self._worker is not None
+
+    def _start_evaluation(self, key: str) -> None:
+        from . import _analysis
+
+        ev = _analysis.cached(key)
+        if ev is not None:
+            self._show(key, ev)
+            return
+        if self.running or key in self._failed:
+            return
+        self.title.setText(f"computing {self._what}…")
+
+        def job(k):
+            try:
+                yield ("result", k, _analysis.evaluation(k))
+            except Exception as exc:  # reported in the UI, remembered so it is not retried
+                yield ("failed", k, exc)
+
+        self._worker = run_worker(job, key)
+        self._worker.yielded.connect(self._on_event)
+        self._worker.finished.connect(self._on_finished)
+        self._worker.start()
+
+    def _on_event(self, ev) -> None:
+        if ev[0] == "result":
+            self._show(ev[1], ev[2])
+        elif ev[0] in ("error", "failed"):
+            exc = ev[-1]
+            if ev[0] == "failed":
+                self._failed.add(ev[1])
+            self.title.setText(f"No {self._what}: {error_message(exc)}")
+            if not isinstance(exc, FlagInputError):  # expected gaps (no truth) are not errors
+                show_error(exc)
+
+    def _on_finished(self) -> None:
+        from . import _analysis
+
+        self._worker = None
+        key = self.session.prediction_key
+        if key and key not in self._failed and _analysis.cached(key) is None:
+            self.compute()  # the prediction changed while computing

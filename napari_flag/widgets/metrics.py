@@ -20,8 +20,7 @@ from qtpy.QtWidgets import (
 )
 
 from . import _analysis
-from ..errors import FlagInputError
-from ._common import error_message, get_session, report_errors, run_worker, show_error, unwrap_viewer
+from ._common import EvaluationJob, get_session, report_errors, unwrap_viewer
 
 SUMMARY_ROWS = [
     ("PCC", "mean Pearson r over genes"),
@@ -89,8 +88,10 @@ def select_gene_row(t: QTableWidget, gene: str) -> None:
             return
 
 
-class MetricsWidget(QWidget):
+class MetricsWidget(EvaluationJob, QWidget):
     """Slide metrics of the current prediction and a per-gene PCC table."""
+
+    _what = "metrics"
 
     computed = Signal(str)
 
@@ -134,10 +135,6 @@ class MetricsWidget(QWidget):
         self.session.gene_changed.connect(lambda g: select_gene_row(self.genes, g))
         self.compute()
 
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
-
     def compute(self, force: bool = False) -> None:
         key = self.session.prediction_key
         if key is None:
@@ -145,41 +142,7 @@ class MetricsWidget(QWidget):
         if force:
             _analysis.forget(key)
             self._failed.discard(key)
-        ev = _analysis.cached(key)
-        if ev is not None:
-            self._show(key, ev)
-            return
-        if self.running or key in self._failed:
-            return
-        self.title.setText("computing metrics…")
-
-        def job(k):
-            try:
-                yield ("result", k, _analysis.evaluation(k))
-            except Exception as exc:  # reported in the UI, remembered so it is not retried
-                yield ("failed", k, exc)
-
-        self._worker = run_worker(job, key)
-        self._worker.yielded.connect(self._on_event)
-        self._worker.finished.connect(self._on_finished)
-        self._worker.start()
-
-    def _on_event(self, ev) -> None:
-        if ev[0] == "result":
-            self._show(ev[1], ev[2])
-        elif ev[0] in ("error", "failed"):
-            exc = ev[-1]
-            if ev[0] == "failed":
-                self._failed.add(ev[1])
-            self.title.setText(f"No metrics: {error_message(exc)}")
-            if not isinstance(exc, FlagInputError):  # expected gaps (no truth) are not errors
-                show_error(exc)
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        key = self.session.prediction_key
-        if key and key not in self._failed and _analysis.cached(key) is None:
-            self.compute()  # the prediction changed while computing
+        self._start_evaluation(key)
 
     def _show(self, key: str, ev: dict) -> None:
         if key != self.session.prediction_key:

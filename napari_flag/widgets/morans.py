@@ -15,16 +15,13 @@ from qtpy.QtWidgets import QCheckBox, QLabel, QVBoxLayout, QWidget
 
 from .. import layers as L
 from . import _analysis
-from ..errors import FlagInputError
 from ._common import (
-    unwrap_viewer,
-    error_message,
+    EvaluationJob,
     get_session,
     prediction_layers,
     recolor_points,
     report_errors,
-    run_worker,
-    show_error,
+    unwrap_viewer,
 )
 from ._grid import arrange_side_by_side, grid_model
 from .metrics import fill_gene_table, gene_table, select_gene_row
@@ -96,8 +93,10 @@ class MoranScatter(QWidget):
         self.picked.emit(self.genes[i])
 
 
-class MoransWidget(QWidget):
+class MoransWidget(EvaluationJob, QWidget):
     """Global Moran's I table + scatter, and local Moran's I layers for the chosen gene."""
+
+    _what = "Moran's I"
 
     computed = Signal(str)
 
@@ -129,50 +128,12 @@ class MoransWidget(QWidget):
         self.session.gene_changed.connect(self._on_gene)
         self.compute()
 
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
-
     def compute(self) -> None:
         key = self.session.prediction_key
         if key is None:
             self.scatter.clear()
             return
-        ev = _analysis.cached(key)
-        if ev is not None:
-            self._show(key, ev)
-            return
-        if self.running or key in self._failed:
-            return
-        self.title.setText("computing Moran's I…")
-
-        def job(k):
-            try:
-                yield ("result", k, _analysis.evaluation(k))
-            except Exception as exc:  # reported in the UI, remembered so it is not retried
-                yield ("failed", k, exc)
-
-        self._worker = run_worker(job, key)
-        self._worker.yielded.connect(self._on_event)
-        self._worker.finished.connect(self._on_finished)
-        self._worker.start()
-
-    def _on_event(self, ev) -> None:
-        if ev[0] == "result":
-            self._show(ev[1], ev[2])
-        elif ev[0] in ("error", "failed"):
-            exc = ev[-1]
-            if ev[0] == "failed":
-                self._failed.add(ev[1])
-            self.title.setText(f"No Moran's I: {error_message(exc)}")
-            if not isinstance(exc, FlagInputError):  # expected gaps (no truth) are not errors
-                show_error(exc)
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        key = self.session.prediction_key
-        if key and key not in self._failed and _analysis.cached(key) is None:
-            self.compute()  # the prediction changed while computing
+        self._start_evaluation(key)
 
     def _show(self, key: str, ev: dict) -> None:
         if key != self.session.prediction_key:
