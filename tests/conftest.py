@@ -29,3 +29,15 @@ def visium_dir() -> Path:
     if not VISIUM.is_dir():
         pytest.skip(f"shared Visium fixture not found at {VISIUM}")
     return VISIUM
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models: intra-op threads only add synchronisation cost, and on a shared,
+    oversubscribed runner they can slow a step down 20-fold."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

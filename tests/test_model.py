@@ -15,14 +15,7 @@ from napari_flag.model import EDM, FlagConfig, FlagModel
 S, G, D, DE = 48, 12, 16, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """These models are tiny: intra-op threads only add synchronisation cost, and
-    on a shared, oversubscribed runner they can slow a step down 20-fold."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(**kw) -> FlagConfig:
