@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from _result import command, machine, write_json
 
 SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
 METHODS = ["flag", "no_graph", "no_align", "regression", "ridge", "mlp"]
@@ -33,7 +32,6 @@ GENERATIVE = {"flag", "no_graph", "no_align"}
 
 def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], out_dir: str, seed: int,
              reuse: bool = False, temperature: float | None = None) -> dict:
-    import numpy as np
     import torch
 
     torch.set_num_threads(1)
@@ -122,24 +120,15 @@ def main(argv=None) -> int:
                                  "folds": [float(p["train_s"]) for p in per]}
         methods[m]["predict_s"] = {"mean": float(np.mean([p["predict_s"] for p in per])),
                                    "folds": [float(p["predict_s"]) for p in per]}
-    import torch
-
-    import napari_flag
-
     result = {
         "methods": methods,
         "folds": [f["held_out"] for f in folds],
         "config": {"steps": a.steps, "seed": a.seed, "temperature": a.temperature, "overrides": a.overrides, "sections": a.sections},
-        "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
-        "machine": f"{platform.platform()}; {os.cpu_count()} CPU cores; torch {torch.__version__}; "
-                   f"napari-flag {napari_flag.__version__}; {a.jobs} folds in parallel, 1 thread each",
+        "command": command(argv),
+        "machine": machine(f"{a.jobs} folds in parallel, 1 thread each"),
         "wall_s": time.time() - t0,
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    write_json(result, a.out)
     print(markdown_table(result))
     return 0
 

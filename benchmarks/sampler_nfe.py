@@ -11,13 +11,11 @@ SSC are all within ``--tol`` of the (100 steps, 8 samples) reference.  Writes
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import shlex
 import sys
 import time
 from pathlib import Path
+
+from _result import command, machine, write_json
 
 STEPS = [1, 2, 4, 8, 16, 32, 100]
 SAMPLES = [1, 4, 8]
@@ -39,7 +37,6 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="benchmarks/results/sampler_nfe.json")
     a = ap.parse_args(argv)
 
-    import numpy as np
     import torch
 
     torch.set_num_threads(a.threads)
@@ -77,23 +74,16 @@ def main(argv=None) -> int:
     ref = next(r for r in rows if r["steps"] == max(a.steps) and r["samples"] == max(a.samples))
     ok = [r for r in rows if all(abs(r["mean"][k] - ref["mean"][k]) <= a.tol for k in ("PCC", "GSC", "SSC"))]
     best = min(ok, key=lambda r: (r["nfe_per_spot"], r["seconds"]))
-    import napari_flag
-
     result = {
         "section": a.section, "checkpoint": str(a.checkpoint), "tol": a.tol,
         "reference": {"steps": ref["steps"], "samples": ref["samples"], "nfe_per_spot": ref["nfe_per_spot"]},
         "chosen": {"steps": best["steps"], "samples": best["samples"], "nfe_per_spot": best["nfe_per_spot"],
                    "seconds": best["seconds"]},
         "rows": rows,
-        "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
-        "machine": f"{platform.platform()}; {os.cpu_count()} CPU cores; torch {torch.__version__}; "
-                   f"{a.threads} threads; napari-flag {napari_flag.__version__}",
+        "command": command(argv),
+        "machine": machine(f"{a.threads} threads"),
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float))
-    os.replace(tmp, out)
+    out = write_json(result, a.out)
     plot(result, out.with_suffix(".png"))
     print(f"chosen: steps={best['steps']} samples={best['samples']} ({best['nfe_per_spot']} NFE/spot)")
     return 0

@@ -17,14 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from _result import command, machine, write_json
 
 
 def _section(ckpt: str, section: str, cold: bool) -> dict:
@@ -107,21 +107,12 @@ def main(argv=None) -> int:
         rec = {"kind": kind, "arg": arg, **json.loads(line[0][7:]), "process_s": time.perf_counter() - t0}
         rows.append(rec)
         print(f"{kind:13s} {arg:>6s}: {rec['seconds']:7.2f} s  peak RSS {rec['peak_rss_mb']:7.0f} MB", flush=True)
-    import torch
-
-    import napari_flag
-
     result = {
         "checkpoint": ckpt, "rows": rows,
-        "command": "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])]),
-        "machine": f"{platform.platform()}; {os.cpu_count()} CPU cores; torch {torch.__version__}; "
-                   f"{a.threads} threads; napari-flag {napari_flag.__version__}",
+        "command": command(argv),
+        "machine": machine(f"{a.threads} threads"),
     }
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, out)
+    write_json(result, a.out)
     return 0
 
 

@@ -1,0 +1,32 @@
+"""What every benchmark result records: the command, the machine, and an atomic write."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shlex
+import sys
+from pathlib import Path
+
+
+def command(argv=None) -> str:
+    return "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])])
+
+
+def machine(extra: str) -> str:
+    import torch
+
+    import napari_flag
+
+    return (f"{platform.platform()}; {os.cpu_count()} CPU cores; torch {torch.__version__}; "
+            f"napari-flag {napari_flag.__version__}; {extra}")
+
+
+def write_json(result: dict, out: str | Path) -> Path:
+    """Write via a temporary file and rename, so a killed run leaves the old result intact."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=1, default=float))
+    os.replace(tmp, out)
+    return out
