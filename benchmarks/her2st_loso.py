@@ -38,7 +38,7 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
     from napari_flag.checkpoint import load_model
     from napari_flag.metrics import evaluate_slide
     from napari_flag.training import TrainConfig, prepare_data, train
-    from napari_flag.training.loop import predict_slide
+    from napari_flag.training.loop import SAMPLER_KEYS, predict_slide
 
     train_ids = [f"her2st:{s}" for s in SECTIONS if s != held]
     base = TrainConfig(
@@ -55,6 +55,11 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
             # sampler-only re-evaluation of a finished run: same weights, same panel
             model, meta = load_model(ckpt, "cpu")
             assert list(meta.genes) == list(data.genes), "panel differs from the saved run"
+            if hasattr(model, "cfg"):  # the sampler comes from this command, the weights from the run
+                want = cfg.flag_config()
+                for k in SAMPLER_KEYS:
+                    if k != "align_dim":
+                        setattr(model.cfg, k, getattr(want, k))
             rec = json.loads(info.read_text())
             t_train, n_steps = rec["train_s"], rec["steps"]
         else:
@@ -74,6 +79,16 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
         if m in GENERATIVE and smp is not None:
             res["methods"][m + "_sample"] = {"metrics": evaluate_slide(smp[0], sl.truth, **kw),
                                              "train_s": t_train, "predict_s": t_pred, "steps": n_steps}
+        if m == "flag":
+            # the same samples drawn as antithetic pairs: their mean is close to the
+            # posterior mean (regression-like), reported to show that trade-off
+            model.cfg.sample_antithetic = True
+            t0 = time.time()
+            anti, _, _ = predict_slide(model, sl, data.mean, data.std, data.transform, seed=seed)
+            res["methods"]["flag_antithetic"] = {"metrics": evaluate_slide(anti, sl.truth, **kw),
+                                                 "train_s": t_train, "predict_s": time.time() - t0,
+                                                 "steps": n_steps}
+            model.cfg.sample_antithetic = False
         print(f"[{held}] {m}: " + " ".join(f"{k}={v:.3f}" for k, v in res["methods"][m]["metrics"].items())
               + f" train={t_train:.0f}s", flush=True)
     return res

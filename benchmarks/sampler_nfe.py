@@ -2,10 +2,11 @@
 
     python benchmarks/sampler_nfe.py --checkpoint CKPT --section C2
 
-For each (steps, samples) the held-out section is predicted with the Heun
-sampler (2*steps-1 network evaluations per sample; 1 for steps=1) and the mean
-prediction is scored.  The default is the cheapest setting whose PCC, GSC and
-SSC are all within ``--tol`` of the (100 steps, 8 samples) reference.  Writes
+For each (solver, steps, samples) the held-out section is predicted and the
+mean prediction is scored.  Solvers: Heun (2*steps-1 network evaluations per
+sample; 1 for steps=1) and DPM-Solver++(2M) (one per step).  The default is
+the cheapest setting whose PCC, GSC and SSC are all within ``--tol`` of the
+reference: Heun with the most steps and samples (100 steps, 8 samples).  Writes
 ``benchmarks/results/sampler_nfe.json`` and a PNG of the curves.
 """
 from __future__ import annotations
@@ -21,8 +22,10 @@ STEPS = [1, 2, 4, 8, 16, 32, 100]
 SAMPLES = [1, 4, 8]
 
 
-def nfe(steps: int, samples: int) -> int:
-    return (1 if steps == 1 else 2 * steps - 1) * samples
+def nfe(solver: str, steps: int, samples: int) -> int:
+    from napari_flag.model.diffusion import EDM
+
+    return (1 if steps == 1 else EDM.nfe(steps, solver)) * samples
 
 
 def main(argv=None) -> int:
@@ -31,6 +34,7 @@ def main(argv=None) -> int:
     ap.add_argument("--section", default="C2")
     ap.add_argument("--steps", type=int, nargs="+", default=STEPS)
     ap.add_argument("--samples", type=int, nargs="+", default=SAMPLES)
+    ap.add_argument("--solvers", nargs="+", default=["heun", "dpm2m"])
     ap.add_argument("--tol", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -58,34 +62,41 @@ def main(argv=None) -> int:
     mean, std = meta["mean"].numpy(), meta["std"].numpy()
 
     rows = []
-    for st in a.steps:
-        for ns in a.samples:
-            t0 = time.perf_counter()
-            pred, _, smp = predict_slide(model, slide, mean, std, meta.transform, steps=st, samples=ns,
-                                         seed=a.seed, return_samples=True)
-            dt = time.perf_counter() - t0
-            m = evaluate_slide(pred, truth, sample.coords, grid=sample.grid or "auto", seed=a.seed)
-            s1 = evaluate_slide(smp[0], truth, sample.coords, grid=sample.grid or "auto", seed=a.seed)
-            rows.append({"steps": st, "samples": ns, "nfe_per_spot": nfe(st, ns), "seconds": dt,
-                         "mean": m, "single_sample": s1})
-            print(f"steps={st:3d} samples={ns} nfe={nfe(st, ns):4d} {dt:6.2f}s  "
-                  + " ".join(f"{k}={m[k]:.3f}" for k in ("PCC", "MSE", "GSC", "GSC-CCC", "SSC")), flush=True)
+    for solver in a.solvers:
+        for st in a.steps:
+            if solver != a.solvers[0] and st == 1:
+                continue  # one step is the same one-shot denoiser for every solver
+            for ns in a.samples:
+                t0 = time.perf_counter()
+                pred, _, smp = predict_slide(model, slide, mean, std, meta.transform, steps=st, samples=ns,
+                                             seed=a.seed, return_samples=True, solver=solver)
+                dt = time.perf_counter() - t0
+                m = evaluate_slide(pred, truth, sample.coords, grid=sample.grid or "auto", seed=a.seed)
+                s1 = evaluate_slide(smp[0], truth, sample.coords, grid=sample.grid or "auto", seed=a.seed)
+                n = nfe(solver, st, ns)
+                rows.append({"solver": solver, "steps": st, "samples": ns, "nfe_per_spot": n, "seconds": dt,
+                             "mean": m, "single_sample": s1})
+                print(f"{solver:5s} steps={st:3d} samples={ns} nfe={n:4d} {dt:6.2f}s  "
+                      + " ".join(f"{k}={m[k]:.3f}" for k in ("PCC", "MSE", "GSC", "GSC-CCC", "SSC")), flush=True)
 
-    ref = next(r for r in rows if r["steps"] == max(a.steps) and r["samples"] == max(a.samples))
+    ref_solver = "heun" if "heun" in a.solvers else a.solvers[0]
+    ref = next(r for r in rows if r["solver"] == ref_solver and r["steps"] == max(a.steps)
+               and r["samples"] == max(a.samples))
     ok = [r for r in rows if all(abs(r["mean"][k] - ref["mean"][k]) <= a.tol for k in ("PCC", "GSC", "SSC"))]
     best = min(ok, key=lambda r: (r["nfe_per_spot"], r["seconds"]))
+    pick = ("solver", "steps", "samples", "nfe_per_spot")
     result = {
         "section": a.section, "checkpoint": str(a.checkpoint), "tol": a.tol,
-        "reference": {"steps": ref["steps"], "samples": ref["samples"], "nfe_per_spot": ref["nfe_per_spot"]},
-        "chosen": {"steps": best["steps"], "samples": best["samples"], "nfe_per_spot": best["nfe_per_spot"],
-                   "seconds": best["seconds"]},
+        "temperature": float(getattr(getattr(model, "cfg", None), "sample_temperature", 1.0)),
+        "reference": {k: ref[k] for k in pick},
+        "chosen": {**{k: best[k] for k in pick}, "seconds": best["seconds"]},
         "rows": rows,
         "command": command(argv),
         "machine": machine(f"{a.threads} threads"),
     }
     out = write_json(result, a.out)
     plot(result, out.with_suffix(".png"))
-    print(f"chosen: steps={best['steps']} samples={best['samples']} ({best['nfe_per_spot']} NFE/spot)")
+    print(f"chosen: {best['solver']} steps={best['steps']} samples={best['samples']} ({best['nfe_per_spot']} NFE/spot)")
     return 0
 
 
@@ -97,19 +108,24 @@ def plot(result: dict, path: Path) -> None:
 
     keys = ("PCC", "GSC", "GSC-CCC", "SSC")
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4 * (len(keys) + 1), 3.4))
-    for ns in sorted({r["samples"] for r in result["rows"]}):
-        rr = sorted((r for r in result["rows"] if r["samples"] == ns), key=lambda r: r["nfe_per_spot"])
+    groups = sorted({(r.get("solver", "heun"), r["samples"]) for r in result["rows"]})
+    for solver, ns in groups:
+        rr = sorted((r for r in result["rows"] if (r.get("solver", "heun"), r["samples"]) == (solver, ns)),
+                    key=lambda r: r["nfe_per_spot"])
         x = [r["nfe_per_spot"] for r in rr]
+        style = "o-" if solver == "heun" else "s--"
+        label = f"{solver}, {ns} sample(s)"
         for ax, k in zip(axes, keys):
-            ax.plot(x, [r["mean"][k] for r in rr], "o-", label=f"{ns} sample(s)")
-        axes[-1].plot(x, [r["seconds"] for r in rr], "o-", label=f"{ns} sample(s)")
+            ax.plot(x, [r["mean"][k] for r in rr], style, label=label)
+        axes[-1].plot(x, [r["seconds"] for r in rr], style, label=label)
     for ax, k in zip(axes, (*keys, "seconds per section")):
         ax.set_xscale("log")
         ax.set_xlabel("network evaluations per spot")
         ax.set_title(k)
         ax.axvline(result["chosen"]["nfe_per_spot"], color="grey", ls=":")
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"HER2ST {result['section']}: sampler steps x samples (dotted: chosen default)")
+    fig.suptitle(f"HER2ST {result['section']}: sampler steps x samples (dotted: chosen default, "
+                 f"{result['chosen']['solver']} {result['chosen']['steps']} steps x {result['chosen']['samples']})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 

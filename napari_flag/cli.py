@@ -114,8 +114,9 @@ def _cmd_predict(args) -> int:
     write_prediction(adata, out, overwrite=args.overwrite)
     if not args.quiet:
         info = adata.uns["flag"]
+        solver = f" {info['solver']}" if info.get("solver") else ""
         print(f"wrote {out}: {adata.n_obs} spots x {adata.n_vars} genes "
-              f"({info['method']}, {info['steps']} steps x {info['samples']} samples"
+              f"({info['method']}, {info['steps']}{solver} steps x {info['samples']} samples"
               f"{', with truth' if 'truth' in adata.layers else ''})")
     return 0
 

@@ -196,6 +196,7 @@ def iter_predict(
         "method": str(meta.method),
         "steps": int(steps),
         "samples": int(samples),
+        "solver": str(model.cfg.sample_solver) if generative else "",
         "seed": int(seed),
         "transform": str(transform),
         "sample_id": str(sample.sample_id),

@@ -14,6 +14,7 @@ __all__ = ["FlagConfig"]
 
 _MODES = ("diffusion", "regression")
 _GRAPH_KINDS = ("transformer", "gatv2")
+_SOLVERS = ("heun", "euler", "dpm2m")  # kept equal to diffusion.SOLVERS (tested)
 
 
 @dataclass
@@ -62,12 +63,24 @@ class FlagConfig:
     guidance: float = 1.0  # >1 extrapolates away from the unconditional prediction
 
     # --- sampler defaults --------------------------------------------------
-    sample_steps: int = 8  # Heun steps: 2*steps-1 network evaluations per sample
-    sample_count: int = 2  # samples per spot (mean and std are taken over them): 30 NFE/spot
+    # DPM-Solver++(2M) at 4 steps lands as close to a 64-step Heun solution as
+    # Heun at 8 steps (15 calls), so 8 samples fit in 32 network calls per spot
+    # (benchmarks/sampler_nfe.py).
+    sample_solver: str = "dpm2m"  # "dpm2m" (1 call/step) | "heun" (2 steps - 1 calls) | "euler"
+    sample_steps: int = 4
+    sample_count: int = 8  # samples per spot (mean and std are taken over them): 32 NFE/spot
     # Scale of the initial noise (1 = the model's distribution).  Below 1 the ODE
     # starts nearer the conditional mean: less sample noise in the averaged
     # prediction, with the correlated structure of a sample kept.
     sample_temperature: float = 0.7  # chosen on the HER2ST C2 fold (benchmarks/her2st_loso.py)
+    # Antithetic initial noise: samples come in pairs (z, -z).  Each sample is
+    # still an exact draw of the model, but where the ODE's map from noise to
+    # expression is near-linear the pair's noise cancels in the mean, so two
+    # samples average like many independent ones.
+    # Off by default: the pair's mean approaches the posterior mean, which
+    # scores regression's PCC but also shares its loss of spatial and gene-gene
+    # structure (benchmarks/results/her2st.json, ``flag_antithetic``).
+    sample_antithetic: bool = False
 
     preset_name: str = field(default="cpu")
 
@@ -76,6 +89,8 @@ class FlagConfig:
             raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
         if self.graph_kind not in _GRAPH_KINDS:
             raise ValueError(f"graph_kind must be one of {_GRAPH_KINDS}, got {self.graph_kind!r}")
+        if self.sample_solver not in _SOLVERS:
+            raise ValueError(f"sample_solver must be one of {_SOLVERS}, got {self.sample_solver!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} not divisible by heads {self.heads}")
         if self.feat_dim_proj % self.graph_heads:

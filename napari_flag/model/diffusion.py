@@ -16,7 +16,11 @@ from typing import Callable
 
 import torch
 
-__all__ = ["EDM"]
+__all__ = ["EDM", "SOLVERS"]
+
+# heun: 2nd order, 2 calls per step (last step 1); euler: 1st order;
+# dpm2m: DPM-Solver++(2M), 2nd order multistep, 1 call per step.
+SOLVERS = ("heun", "euler", "dpm2m")
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -96,10 +100,12 @@ class EDM:
         on sigma=0); Euler costs ``steps``.  ``steps=1`` is the one-shot
         denoiser ``D(x; sigma_max)`` with either solver.
         """
-        if solver not in ("heun", "euler"):
-            raise ValueError(f"solver must be 'heun' or 'euler', got {solver!r}")
+        if solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")
         ts = self.schedule(steps, device=x.device)
         ones = torch.ones(x.shape[0], 1, device=x.device, dtype=x.dtype)
+        if solver == "dpm2m":
+            return self._sample_dpm2m(denoise, x, ts, ones, on_step)
         for i in range(steps):
             t, t_next = ts[i], ts[i + 1]
             d = (x - denoise(x, ones * t)) / t
@@ -108,6 +114,34 @@ class EDM:
                 d2 = (x_next - denoise(x_next, ones * t_next)) / t_next
                 x_next = x + (t_next - t) * 0.5 * (d + d2)
             x = x_next
+            if on_step is not None:
+                on_step(i + 1)
+        return x
+
+    @staticmethod
+    def _sample_dpm2m(denoise, x, ts, ones, on_step):
+        """DPM-Solver++(2M) (Lu et al. 2022) in EDM's x = x0 + sigma*eps form.
+
+        One network call per step: the second-order correction extrapolates
+        from the previous step's denoised estimate instead of a second call,
+        so it reaches Heun's accuracy at about half the evaluations.
+        """
+        d_prev, h_prev = None, None
+        steps = len(ts) - 1
+        for i in range(steps):
+            t, t_next = ts[i], ts[i + 1]
+            d = denoise(x, ones * t)
+            if t_next == 0:
+                x = d  # last step: the denoised estimate itself
+            else:
+                h = torch.log(t / t_next)  # lambda = -log(sigma)
+                d_hat = d
+                if d_prev is not None:
+                    r = h_prev / h
+                    d_hat = (1 + 1 / (2 * r)) * d - (1 / (2 * r)) * d_prev
+                ratio = t_next / t
+                x = ratio * x + (1 - ratio) * d_hat
+                d_prev, h_prev = d, h
             if on_step is not None:
                 on_step(i + 1)
         return x

@@ -370,26 +370,31 @@ class FlagModel(nn.Module):
         progress: Callable[[int, int], None] | None = None,
         clip_min: torch.Tensor | None = None,
         clip_max: torch.Tensor | None = None,
-        solver: str = "heun",
+        solver: str | None = None,
         guidance: float | None = None,
         chunk_rows: int = 2048,
         temperature: float | None = None,
+        antithetic: bool | None = None,
     ) -> dict[str, torch.Tensor | None]:
         """Expression of every spot, in standardised units.
 
-        Draws ``samples`` independent samples per spot with a deterministic
-        ``solver`` ODE of ``steps`` steps (Heun: 2 steps - 1 network calls per
-        sample), all spots batched together, ``chunk_rows`` (spot x sample)
+        Draws ``samples`` samples per spot with a deterministic ``solver`` ODE
+        of ``steps`` steps (default: the config's; see ``EDM.nfe`` for the
+        network calls per sample), all spots batched together, ``chunk_rows`` (spot x sample)
         rows at a time.  Each sample is clipped to ``[clip_min, clip_max]``
-        (per gene, standardised units) before ``mean``/``std`` (unbiased; zero
+        (per gene, standardised units) before ``mean``/``std`` (zero
         for one sample).  ``progress(done, total)`` is called after every step.
         ``temperature`` scales the initial noise (default: the config's).
-        The initial noise is drawn for all spots up front from ``generator``,
-        so results do not depend on ``chunk_rows``.
+        ``antithetic`` pairs sample ``i`` with ``i + M//2`` through negated
+        initial noise (default: the config's); ``std`` is then the population
+        std, since the mean of antithetic pairs carries (almost) no sample noise
+        to correct for.  The initial noise is drawn for all spots up front from
+        ``generator``, so results do not depend on ``chunk_rows``.
 
         Returns ``dict(mean=(S, G), std=(S, G), samples=(M, S, G) or None)``.
         """
         steps = int(steps or self.cfg.sample_steps)
+        solver = solver or self.cfg.sample_solver
         m = int(samples or self.cfg.sample_count)
         guidance = self.cfg.guidance if guidance is None else float(guidance)
         was_training = self.training
@@ -420,7 +425,11 @@ class FlagModel(nn.Module):
                     "samples": pred[None].expand(m, s, g).clone() if return_samples else None,
                 }
 
-            noise = torch.randn((m, s, g), generator=generator, device=_dev(generator, h)).to(h.device)
+            anti = bool(self.cfg.sample_antithetic if antithetic is None else antithetic) and m > 1
+            half = m // 2 if anti else 0
+            noise = torch.randn((m - half, s, g), generator=generator, device=_dev(generator, h)).to(h.device)
+            if half:
+                noise = torch.cat([noise, -noise[:half]])
             tau = self.cfg.sample_temperature if temperature is None else float(temperature)
             noise.mul_(self.edm.sigma_max * tau)
             total = len(chunks) * steps
@@ -440,7 +449,7 @@ class FlagModel(nn.Module):
                 noise[:, a:b] = x  # reuse the buffer for the finished samples
                 mean[a:b] = x.mean(0)
                 if m > 1:
-                    std[a:b] = x.std(0, unbiased=True)
+                    std[a:b] = x.std(0, unbiased=not anti)
             return {"mean": mean, "std": std, "samples": noise if return_samples else None}
         finally:
             self.train(was_training)

@@ -194,7 +194,8 @@ def _target_floor(transform: str, mean: np.ndarray, std: np.ndarray) -> np.ndarr
 
 @torch.no_grad()
 def predict_slide(model, slide: SlideData, mean, std, transform: str, steps: int | None = None,
-                  samples: int | None = None, seed: int = 0, progress=None, return_samples: bool = False):
+                  samples: int | None = None, seed: int = 0, progress=None, return_samples: bool = False,
+                  solver: str | None = None):
     """Target-scale ``(mean, std, samples|None)`` numpy arrays for one prepared slide."""
     mean = np.asarray(mean, dtype=np.float32)
     std = np.asarray(std, dtype=np.float32)
@@ -210,7 +211,7 @@ def predict_slide(model, slide: SlideData, mean, std, transform: str, steps: int
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     floor = torch.from_numpy(_target_floor(transform, mean, std)).to(dev)
     out = model.sample(h, steps=steps, samples=samples, generator=gen, return_samples=return_samples,
-                       progress=progress, clip_min=floor)
+                       progress=progress, clip_min=floor, solver=solver)
     m, s = out["mean"].float().cpu().numpy(), out["std"].float().cpu().numpy()
     pred = np.maximum(m * std + mean, 0.0)
     sd = s * std
@@ -248,7 +249,8 @@ def _better(a: float, b: float | None, metric: str) -> bool:
 
 
 # FlagConfig keys that only change sampling (prediction, validation), not what is trained.
-SAMPLER_KEYS = ("sample_steps", "sample_count", "sample_temperature", "guidance", "align_dim")
+SAMPLER_KEYS = ("sample_solver", "sample_steps", "sample_count", "sample_temperature", "sample_antithetic",
+                "guidance", "align_dim")
 
 
 def _resume_mismatch(ckpt: dict, cfg: TrainConfig) -> str | None:
