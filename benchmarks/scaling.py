@@ -4,7 +4,11 @@
 
 Every measurement runs in a fresh subprocess, which reports its own wall time
 and peak resident memory (``ru_maxrss``):
-- ``section-warm``: predict a HER2ST section with its image features cached;
+- ``section-warm``: predict a HER2ST section with its image features cached
+  (what ``napari-flag predict her2st:C2`` does a second time: reads the count
+  table and positions, loads the model, encodes, samples);
+- ``section-loaded``: the same with the section already in memory, as in
+  napari where the slide is open and *Predict* is clicked;
 - ``section-cold``: the same with an empty pyramid and feature cache (JPEG
   decode, patch extraction and encoding included);
 - ``synthetic-N``: N spots on a realistic hexagonal grid (Visium pitch) with
@@ -27,13 +31,15 @@ from pathlib import Path
 from _result import command, machine, write_json
 
 
-def _section(ckpt: str, section: str, cold: bool) -> dict:
+def _section(ckpt: str, section, cold: bool) -> dict:
     from napari_flag.predict import predict_sample
 
     t0 = time.perf_counter()
-    out = predict_sample(f"her2st:{section}", checkpoint=ckpt, device="cpu", feature_cache=not cold)
+    src = f"her2st:{section}" if isinstance(section, str) else section
+    out = predict_sample(src, checkpoint=ckpt, device="cpu", feature_cache=not cold)
     return {"seconds": time.perf_counter() - t0, "spots": int(out.n_obs), "genes": int(out.n_vars),
-            "steps": out.uns["flag"]["steps"], "samples": out.uns["flag"]["samples"]}
+            "steps": out.uns["flag"]["steps"], "samples": out.uns["flag"]["samples"],
+            "solver": out.uns["flag"].get("solver")}
 
 
 def _synthetic(ckpt: str, n: int, seed: int = 0) -> dict:
@@ -56,7 +62,8 @@ def _synthetic(ckpt: str, n: int, seed: int = 0) -> dict:
         h = model.encode_slide(torch.from_numpy(feats), graph)
         steps, samples = model.cfg.sample_steps, model.cfg.sample_count
         model.sample(h, steps=steps, samples=samples, generator=torch.Generator().manual_seed(seed))
-    return {"seconds": time.perf_counter() - t0, "graph_s": t_graph, "spots": n, "steps": steps, "samples": samples}
+    return {"seconds": time.perf_counter() - t0, "graph_s": t_graph, "spots": n, "steps": steps, "samples": samples,
+            "solver": model.cfg.sample_solver}
 
 
 def child(kind: str, ckpt: str, arg: str, threads: int) -> None:
@@ -66,6 +73,12 @@ def child(kind: str, ckpt: str, arg: str, threads: int) -> None:
     if kind == "section-warm":
         _section(ckpt, arg, cold=False)  # fill the caches, then measure
         rec = _section(ckpt, arg, cold=False)
+    elif kind == "section-loaded":
+        from napari_flag.data import load_sample
+
+        sample = load_sample(f"her2st:{arg}")
+        _section(ckpt, sample, cold=False)
+        rec = _section(ckpt, sample, cold=False)
     elif kind == "section-cold":
         rec = _section(ckpt, arg, cold=True)
     else:
@@ -89,7 +102,7 @@ def main(argv=None) -> int:
     from napari_flag.checkpoint import default_checkpoint_path
 
     ckpt = str(a.checkpoint or default_checkpoint_path())
-    runs = [("section-warm", a.section), ("section-cold", a.section)] + [("synthetic", str(n)) for n in a.spots]
+    runs = [("section-warm", a.section), ("section-loaded", a.section), ("section-cold", a.section)] + [("synthetic", str(n)) for n in a.spots]
     rows = []
     for kind, arg in runs:
         env = dict(os.environ)

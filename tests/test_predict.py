@@ -61,7 +61,9 @@ def test_iter_predict_events_and_result(ckpt, c2):
     stages = [e[3] for e in progress]
     assert {"loading model", "features", "graph", "sampling"} <= set(stages)
     sampling = [e for e in progress if e[3] == "sampling"]
-    assert sampling[-1][1] == sampling[-1][2] == 3  # one event per sampler step
+    # one event per sampler step of each chunk of spots
+    assert sampling[-1][1] == sampling[-1][2] and sampling[-1][2] % 3 == 0
+    assert [e[1] for e in sampling[-3:]] == list(range(sampling[-1][2] - 2, sampling[-1][2] + 1))
 
     a = last[1]
     ck = load_checkpoint(ckpt)
