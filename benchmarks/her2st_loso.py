@@ -5,7 +5,11 @@ train each method on them with the same seed, and evaluate on the held-out
 section with ``napari_flag.metrics``.  Generative methods are reported twice:
 the default prediction (mean of the default number of samples) and a single
 sample (``<method>_sample``), which keeps gene-gene structure that averaging
-washes out.
+washes out; ``flag_antithetic`` is FLAG's mean over the same number of samples
+drawn as antithetic pairs (close to the posterior mean).
+
+``--reuse`` scores the weights saved in ``--runs`` instead of training again,
+with the sampler settings of this command line (they do not affect training).
 
 No model selection touches the held-out section: every method trains for a
 fixed number of steps and the final EMA weights are evaluated.

@@ -2,9 +2,10 @@
 
 Why EDM rather than the VE-SDE of the reference implementation: its
 preconditioning keeps the network's input and target at unit variance at every
-noise level, and its deterministic Heun sampler with the rho=7 schedule reaches
-good samples in a handful of steps, which is what makes CPU prediction
-practical (a few network evaluations per spot instead of ~1,600).
+noise level, and its rho schedule lets a deterministic ODE solver reach good
+samples in a handful of steps (DPM-Solver++(2M): 4 network evaluations per
+sample), which is what makes CPU prediction practical: 32 evaluations per spot
+for 8 samples instead of ~1,600.
 
 Data are assumed standardised per gene, so ``sigma_data`` is about 1.
 """
