@@ -135,6 +135,28 @@ def main(argv=None) -> int:
         app.processEvents()
         frame.append((time.perf_counter() - t0) * 1e3)
         time.sleep(0.05)
+    # where a frame goes: the same repaint with only some layer types visible
+    def frames(n=8):
+        out = []
+        for _ in range(n + 2):
+            cam = viewer.camera
+            cam.zoom = cam.zoom * (1.0 + 1e-6)
+            t0 = time.perf_counter()
+            app.processEvents()
+            out.append((time.perf_counter() - t0) * 1e3)
+            time.sleep(0.05)
+        return out[2:]
+
+    shown = [lyr for lyr in viewer.layers if lyr.visible]
+    split = {}
+    for label, keep in (("nothing", ()), ("images", ("Image",)), ("points", ("Points",))):
+        for lyr in shown:
+            lyr.visible = type(lyr).__name__ in keep
+        split[label] = frames()
+    for lyr in shown:
+        lyr.visible = True
+    n_img = sum(type(lyr).__name__ == "Image" for lyr in shown)
+    n_pts = sum(type(lyr).__name__ == "Points" for lyr in shown)
     pl = {r: lyr for r, lyr in ((lyr.metadata.get("flag_role"), lyr) for lyr in viewer.layers)}
     same = pl["pred"].metadata["clim"] == pl["truth"].metadata["clim"]
     try:
@@ -143,6 +165,11 @@ def main(argv=None) -> int:
         renderer = gl.glGetParameter(gl.GL_RENDERER)
     except Exception:  # pragma: no cover
         renderer = "?"
+    try:
+        cw, ch = viewer.window._qt_viewer.canvas.size
+        canvas = f"{cw} x {ch} px (window 1600 x 1000)"
+    except Exception:  # pragma: no cover - private API moved
+        canvas = "window 1600 x 1000"
     viewer.close()
 
     def row(name, v):
@@ -157,11 +184,15 @@ def main(argv=None) -> int:
         f"slide: {args.spots} spots x {args.genes} genes, 3 panels (predicted | measured | uncertainty) over H&E",
         f"machine: {platform.machine()}, {os.cpu_count()} CPUs, python {platform.python_version()}, "
         f"napari {napari.__version__}, OpenGL renderer: {renderer}",
+        f"canvas: {canvas}",
         f"switches timed: {len(rec)} (after 3 warm-up)",
         row("recolor", rec),
         row("to_paint", paint),
         row("legend", legend),
         row("frame", frame) + "   (a repaint with nothing changed)",
+        row("f_empty", split["nothing"]) + "   (the same repaint, every layer hidden)",
+        row("f_images", split["images"]) + f"   (only the {n_img} H&E image layers shown)",
+        row("f_points", split["points"]) + f"   (only the {n_pts} Points layers, {args.spots} spots each)",
         f"pred and truth share contrast limits: {same}",
     ]
     med = {k: statistics.median(v) for k, v in (("recolor", rec), ("to_paint", paint), ("frame", frame))}

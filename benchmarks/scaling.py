@@ -14,6 +14,9 @@ and peak resident memory (``ru_maxrss``):
 - ``synthetic-N``: N spots on a realistic hexagonal grid (Visium pitch) with
   random features: spatial graph, slide encoding and sampling at the model's
   default steps and samples.
+- ``train-fold``: train FLAG for one leave-one-section-out fold
+  (``configs/her2st_loso_<SECTION>.yaml``: 800 steps on the other four
+  sections; features cached), data preparation included.
 Writes ``benchmarks/results/scaling.json``.
 """
 from __future__ import annotations
@@ -79,6 +82,15 @@ def child(kind: str, ckpt: str, arg: str, threads: int) -> None:
         sample = load_sample(f"her2st:{arg}")
         _section(ckpt, sample, cold=False)
         rec = _section(ckpt, sample, cold=False)
+    elif kind == "train-fold":
+        from napari_flag.training import TrainConfig, train
+
+        cfg_path = Path(__file__).resolve().parent.parent / "configs" / f"her2st_loso_{arg}.yaml"
+        out = tempfile.mkdtemp(prefix="napari-flag-train-")
+        cfg = TrainConfig.from_yaml(cfg_path, [f"out_dir={out}", "device=cpu", "val=[]", "test=[]"])
+        t0 = time.perf_counter()
+        res = train(cfg)
+        rec = {"seconds": time.perf_counter() - t0, "steps": res.step, "config": str(cfg_path.name)}
     elif kind == "section-cold":
         rec = _section(ckpt, arg, cold=True)
     else:
@@ -92,6 +104,7 @@ def main(argv=None) -> int:
     ap.add_argument("--checkpoint", default=None, help="default: the bundled model")
     ap.add_argument("--section", default="C2")
     ap.add_argument("--spots", type=int, nargs="+", default=[5000, 20000, 50000])
+    ap.add_argument("--no-train", action="store_true", help="skip the training-time row")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/scaling.json")
     ap.add_argument("--child", nargs=3, metavar=("KIND", "CKPT", "ARG"), help=argparse.SUPPRESS)
@@ -102,7 +115,10 @@ def main(argv=None) -> int:
     from napari_flag.checkpoint import default_checkpoint_path
 
     ckpt = str(a.checkpoint or default_checkpoint_path())
-    runs = [("section-warm", a.section), ("section-loaded", a.section), ("section-cold", a.section)] + [("synthetic", str(n)) for n in a.spots]
+    runs = [("section-warm", a.section), ("section-loaded", a.section), ("section-cold", a.section)]
+    if not a.no_train:
+        runs.append(("train-fold", a.section))
+    runs += [("synthetic", str(n)) for n in a.spots]
     rows = []
     for kind, arg in runs:
         env = dict(os.environ)
