@@ -384,13 +384,14 @@ class FlagModel(nn.Module):
         256 rows keep a block's activations (~6 MB) in cache, which measured 1.5x
         faster per row on CPU than 1,500-row chunks.  Each sample is clipped to
         ``[clip_min, clip_max]`` (per gene, standardised units) before
-        ``mean``/``std`` (zero for one sample).  ``progress(done, total)`` is called after every step.
-        ``temperature`` scales the initial noise (default: the config's).
-        ``antithetic`` pairs sample ``i`` with ``i + M//2`` through negated
-        initial noise (default: the config's); ``std`` is then the population
-        std, since the mean of antithetic pairs carries (almost) no sample noise
-        to correct for.  The initial noise is drawn for all spots up front from
-        ``generator``, so results do not depend on ``chunk_rows``.
+        ``mean``/``std`` (zero for one sample).  ``progress(done, total)`` is
+        called after every step.  ``temperature`` scales the initial noise
+        (default: the config's).  ``antithetic`` starts the last ``M//2``
+        samples from the negated initial noise of the first ``M//2`` (default:
+        the config's); ``std`` is then the population std, since the mean of
+        antithetic pairs carries (almost) no sample noise to correct for.  The
+        initial noise is drawn for all spots up front from ``generator``, so
+        results do not depend on ``chunk_rows``.
 
         Returns ``dict(mean=(S, G), std=(S, G), samples=(M, S, G) or None)``.
         """
