@@ -127,32 +127,26 @@ def main(argv=None) -> int:
         time.sleep(0.05)
         app.processEvents()
     # one frame with nothing changed: what the OpenGL renderer alone costs
-    frame = []
-    for _ in range(10):
-        cam = viewer.scene.camera if hasattr(viewer, "scene") else viewer.camera
-        cam.zoom = cam.zoom * (1.0 + 1e-6)
-        t0 = time.perf_counter()
-        app.processEvents()
-        frame.append((time.perf_counter() - t0) * 1e3)
-        time.sleep(0.05)
-    # where a frame goes: the same repaint with only some layer types visible
-    def frames(n=8):
+    def frames(n: int, warm: int = 0) -> list[float]:
+        """Repaint times (ms) after a negligible camera nudge, dropping ``warm`` first ones."""
         out = []
-        for _ in range(n + 2):
+        for _ in range(n + warm):
             cam = viewer.camera
             cam.zoom = cam.zoom * (1.0 + 1e-6)
             t0 = time.perf_counter()
             app.processEvents()
             out.append((time.perf_counter() - t0) * 1e3)
             time.sleep(0.05)
-        return out[2:]
+        return out[warm:]
 
+    frame = frames(10)
+    # where a frame goes: the same repaint with only some layer types visible
     shown = [lyr for lyr in viewer.layers if lyr.visible]
     split = {}
     for label, keep in (("nothing", ()), ("images", ("Image",)), ("points", ("Points",))):
         for lyr in shown:
             lyr.visible = type(lyr).__name__ in keep
-        split[label] = frames()
+        split[label] = frames(8, warm=2)
     for lyr in shown:
         lyr.visible = True
     n_img = sum(type(lyr).__name__ == "Image" for lyr in shown)

@@ -86,13 +86,13 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
         if m == "flag":
             # the same samples drawn as antithetic pairs: their mean is close to the
             # posterior mean (regression-like), reported to show that trade-off
-            model.cfg.sample_antithetic = True
+            was, model.cfg.sample_antithetic = model.cfg.sample_antithetic, True
             t0 = time.time()
             anti, _, _ = predict_slide(model, sl, data.mean, data.std, data.transform, seed=seed)
+            model.cfg.sample_antithetic = was
             res["methods"]["flag_antithetic"] = {"metrics": evaluate_slide(anti, sl.truth, **kw),
                                                  "train_s": t_train, "predict_s": time.time() - t0,
                                                  "steps": n_steps}
-            model.cfg.sample_antithetic = False
         print(f"[{held}] {m}: " + " ".join(f"{k}={v:.3f}" for k, v in res["methods"][m]["metrics"].items())
               + f" train={t_train:.0f}s", flush=True)
     return res

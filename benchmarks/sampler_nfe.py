@@ -120,13 +120,17 @@ PICK = ("solver", "steps", "samples", "nfe_per_spot")
 RULE_KEYS = ("PCC", "GSC", "SSC")
 
 
+def _setting(r: dict) -> tuple:
+    return r["solver"], r["steps"], r["samples"]
+
+
 def choose(rows: list[dict], ref: dict, tol: float) -> dict:
     """The cheapest rows within ``tol`` of ``ref`` (two-sided) and no more than ``tol`` below it."""
-    ref = next(r for r in rows if all(r.get(k, "heun") == ref.get(k, "heun") for k in PICK))
+    ref = next(r for r in rows if _setting(r) == _setting(ref))
     two = [r for r in rows if all(abs(r["mean"][k] - ref["mean"][k]) <= tol for k in RULE_KEYS)]
     one = [r for r in rows if all(r["mean"][k] >= ref["mean"][k] - tol for k in RULE_KEYS)]
     cheapest = lambda rr: min(rr, key=lambda r: (r["nfe_per_spot"], r["seconds"]))  # noqa: E731
-    pick = lambda r: {**{k: r.get(k, "heun") for k in PICK}, "seconds": r["seconds"]}  # noqa: E731
+    pick = lambda r: {**{k: r[k] for k in PICK}, "seconds": r["seconds"]}  # noqa: E731
     return {"chosen": pick(cheapest(two)), "chosen_one_sided": pick(cheapest(one))}
 
 
@@ -138,9 +142,9 @@ def plot(result: dict, path: Path) -> None:
 
     keys = ("PCC", "GSC", "GSC-CCC", "SSC")
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4 * (len(keys) + 1), 3.4))
-    groups = sorted({(r.get("solver", "heun"), r["samples"]) for r in result["rows"]})
+    groups = sorted({(r["solver"], r["samples"]) for r in result["rows"]})
     for solver, ns in groups:
-        rr = sorted((r for r in result["rows"] if (r.get("solver", "heun"), r["samples"]) == (solver, ns)),
+        rr = sorted((r for r in result["rows"] if (r["solver"], r["samples"]) == (solver, ns)),
                     key=lambda r: r["nfe_per_spot"])
         x = [r["nfe_per_spot"] for r in rr]
         style = "o-" if solver == "heun" else "s--"

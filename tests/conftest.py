@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,3 +42,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture
+def her2st_copy(her2st_dir):
+    """``copy(dst, *rels, corrupt=None)``: a private dataset cache holding some HER2ST files.
+
+    ``rels`` are paths inside the data folder; ``corrupt`` (one of them) gets its
+    middle byte flipped, so its hash no longer matches.  Returns ``dst``.
+    """
+
+    def copy(dst: Path, *rels: str, corrupt: str | None = None) -> Path:
+        for rel in rels:
+            (dst / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(her2st_dir / rel, dst / rel)
+        if corrupt is not None:
+            raw = bytearray((dst / corrupt).read_bytes())
+            raw[len(raw) // 2] ^= 0xFF
+            (dst / corrupt).write_bytes(bytes(raw))
+        return dst
+
+    return copy

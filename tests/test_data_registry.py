@@ -98,14 +98,9 @@ def test_offline_switch_skips_network(monkeypatch, tmp_path, no_network):
     assert no_network == []
 
 
-def test_corrupt_file_is_a_hash_error(monkeypatch, tmp_path, her2st_dir, no_network):
-    for rel in ("ST-cnts/C2.tsv.gz", "ST-spotfiles/C2_selection.tsv"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(her2st_dir / rel, tmp_path / rel)
+def test_corrupt_file_is_a_hash_error(monkeypatch, tmp_path, her2st_copy, no_network):
+    her2st_copy(tmp_path, "ST-cnts/C2.tsv.gz", "ST-spotfiles/C2_selection.tsv", corrupt="ST-cnts/C2.tsv.gz")
     counts = tmp_path / "ST-cnts/C2.tsv.gz"
-    data = bytearray(counts.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    counts.write_bytes(bytes(data))
     monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path))
     with pytest.raises(FlagInputError) as e:
         load_sample("her2st:C2")
@@ -114,10 +109,8 @@ def test_corrupt_file_is_a_hash_error(monkeypatch, tmp_path, her2st_dir, no_netw
     assert no_network == []  # a bad file is reported, never silently replaced
 
 
-def test_counts_without_image_load_with_warning(monkeypatch, tmp_path, her2st_dir, no_network):
-    for rel in ("ST-cnts/C3.tsv.gz", "ST-spotfiles/C3_selection.tsv"):
-        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy(her2st_dir / rel, tmp_path / rel)
+def test_counts_without_image_load_with_warning(monkeypatch, tmp_path, her2st_copy, no_network):
+    her2st_copy(tmp_path, "ST-cnts/C3.tsv.gz", "ST-spotfiles/C3_selection.tsv")
     monkeypatch.setenv(ENV_DATA_DIR, str(tmp_path))
     with pytest.warns(UserWarning, match="without the H&E image"):
         s = load_sample("her2st:C3")

@@ -130,15 +130,10 @@ def test_missing_file(what, ckpt, out_dir, tmp_path):
     assert snapshot(out_dir) == {}
 
 
-def test_dataset_cache_file_with_wrong_hash(her2st_dir, ckpt, out_dir, tmp_path):
-    cache = tmp_path / "cache"
-    for rel in ("ST-cnts/C2.tsv.gz", "ST-spotfiles/C2_selection.tsv", "ST-imgs/C/C2/5714_HE_BT_C2.jpg"):
-        (cache / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(her2st_dir / rel, cache / rel)
+def test_dataset_cache_file_with_wrong_hash(her2st_copy, ckpt, out_dir, tmp_path):
+    cache = her2st_copy(tmp_path / "cache", "ST-cnts/C2.tsv.gz", "ST-spotfiles/C2_selection.tsv",
+                        "ST-imgs/C/C2/5714_HE_BT_C2.jpg", corrupt="ST-cnts/C2.tsv.gz")
     counts = cache / "ST-cnts/C2.tsv.gz"
-    raw = bytearray(counts.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    counts.write_bytes(bytes(raw))
     before = snapshot(cache)
     proc = cli("predict", "her2st:C2", "--out", out_dir / "p.h5ad", "--checkpoint", ckpt,
                NAPARI_FLAG_DATA_DIR=str(cache))

@@ -14,7 +14,9 @@ __all__ = ["FlagConfig"]
 
 _MODES = ("diffusion", "regression")
 _GRAPH_KINDS = ("transformer", "gatv2")
-_SOLVERS = ("heun", "euler", "dpm2m")  # kept equal to diffusion.SOLVERS (tested)
+# heun: 2nd order, 2 calls per step (last step 1); euler: 1st order;
+# dpm2m: DPM-Solver++(2M), 2nd order multistep, 1 call per step.
+SOLVERS = ("heun", "euler", "dpm2m")
 
 
 @dataclass
@@ -89,8 +91,8 @@ class FlagConfig:
             raise ValueError(f"mode must be one of {_MODES}, got {self.mode!r}")
         if self.graph_kind not in _GRAPH_KINDS:
             raise ValueError(f"graph_kind must be one of {_GRAPH_KINDS}, got {self.graph_kind!r}")
-        if self.sample_solver not in _SOLVERS:
-            raise ValueError(f"sample_solver must be one of {_SOLVERS}, got {self.sample_solver!r}")
+        if self.sample_solver not in SOLVERS:
+            raise ValueError(f"sample_solver must be one of {SOLVERS}, got {self.sample_solver!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} not divisible by heads {self.heads}")
         if self.feat_dim_proj % self.graph_heads:

@@ -17,11 +17,9 @@ from typing import Callable
 
 import torch
 
-__all__ = ["EDM", "SOLVERS"]
+from .config import SOLVERS
 
-# heun: 2nd order, 2 calls per step (last step 1); euler: 1st order;
-# dpm2m: DPM-Solver++(2M), 2nd order multistep, 1 call per step.
-SOLVERS = ("heun", "euler", "dpm2m")
+__all__ = ["EDM", "SOLVERS"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
