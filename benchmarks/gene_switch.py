@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     ap.add_argument("--genes", type=int, default=200)
     ap.add_argument("--switches", type=int, default=30)
     ap.add_argument("--out", default=None, help="write the report here as well")
+    ap.add_argument("--screenshot", default=None, help="save the canvas after the last switch (PNG)")
     args = ap.parse_args(argv)
 
     import napari
@@ -126,6 +127,10 @@ def main(argv=None) -> int:
             legend.append((t3 - t2) * 1e3)
         time.sleep(0.05)
         app.processEvents()
+    if args.screenshot:
+        from imageio.v3 import imwrite
+
+        imwrite(args.screenshot, viewer.screenshot(canvas_only=True, flash=False))
     # one frame with nothing changed: what the OpenGL renderer alone costs
     def frames(n: int, warm: int = 0) -> list[float]:
         """Repaint times (ms) after a negligible camera nudge, dropping ``warm`` first ones."""
@@ -140,19 +145,25 @@ def main(argv=None) -> int:
         return out[warm:]
 
     frame = frames(10)
-    # where a frame goes: the same repaint with only some layer types visible
+    # where a frame goes: the same repaint with only some of the shown layers
     shown = [lyr for lyr in viewer.layers if lyr.visible]
+    he = [lyr for lyr in shown if lyr.metadata.get("flag_role") == "panel_image"]
+    panels = [lyr for lyr in shown if lyr not in he]
     split = {}
-    for label, keep in (("nothing", ()), ("images", ("Image",)), ("points", ("Points",))):
+    for label, keep in (("nothing", []), ("he", he), ("panels", panels)):
         for lyr in shown:
-            lyr.visible = type(lyr).__name__ in keep
+            lyr.visible = lyr in keep
         split[label] = frames(8, warm=2)
     for lyr in shown:
         lyr.visible = True
-    n_img = sum(type(lyr).__name__ == "Image" for lyr in shown)
-    n_pts = sum(type(lyr).__name__ == "Points" for lyr in shown)
+    kinds = sorted({type(lyr).__name__ for lyr in panels})
     pl = {r: lyr for r, lyr in ((lyr.metadata.get("flag_role"), lyr) for lyr in viewer.layers)}
     same = pl["pred"].metadata["clim"] == pl["truth"].metadata["clim"]
+    maps = {lyr.metadata.get("panel"): lyr for lyr in panels if lyr.metadata.get("flag_role") == "panel_map"}
+    if maps:  # the image panels show the same range as the Points they stand for
+        same = same and tuple(maps["pred"].contrast_limits) == tuple(maps["truth"].contrast_limits) == tuple(
+            pl["pred"].metadata["clim"])
+
     try:
         from vispy.gloo import gl
 
@@ -185,8 +196,9 @@ def main(argv=None) -> int:
         row("legend", legend),
         row("frame", frame) + "   (a repaint with nothing changed)",
         row("f_empty", split["nothing"]) + "   (the same repaint, every layer hidden)",
-        row("f_images", split["images"]) + f"   (only the {n_img} H&E image layers shown)",
-        row("f_points", split["points"]) + f"   (only the {n_pts} Points layers, {args.spots} spots each)",
+        row("f_he", split["he"]) + f"   (only the {len(he)} H&E image layers shown)",
+        row("f_panels", split["panels"]) + f"   (only the {len(panels)} gene panels shown: "
+        f"{'/'.join(kinds)} layers, {args.spots} spots each)",
         f"pred and truth share contrast limits: {same}",
     ]
     med = {k: statistics.median(v) for k, v in (("recolor", rec), ("to_paint", paint), ("frame", frame))}

@@ -154,3 +154,45 @@ def test_reader_h5ad_and_pyramidal_tiff(visium_dir, tmp_path):
     assert kind == "image" and kw["multiscale"] and len(data) >= 2
     assert kw["scale"] == pytest.approx((0.5, 0.5)) and tuple(kw["units"]) == ("um", "um")
     assert data[0].shape[:2] == (1500, 1200)
+
+
+@pytest.mark.parametrize("which", ["C2", "visium"])
+def test_spot_raster_on_real_spots(which, her2st_dir, visium_dir):
+    """The image stand-in of a Points panel: each spot's disc, nothing else, inside the budget."""
+    from napari_flag.data import load_sample
+
+    s = load_sample("her2st:C2" if which == "C2" else str(visium_dir))
+    rc = s.coords[:, ::-1]
+    d = float(s.spot_diameter_px)
+    budget = 400_000
+    R = L.spot_raster(rc, d, max_pixels=budget)
+    assert R.index.size <= budget and R.n_spots == s.n_spots
+    assert d / R.step <= 32 + 1e-9
+    # every spot centre lies on its own spot ...
+    ij = np.rint((rc - np.asarray(R.origin)) / R.step).astype(int)
+    assert (R.index[ij[:, 0], ij[:, 1]] == np.arange(s.n_spots)).all()
+    # ... and every painted pixel centre is within a radius of its spot
+    ii, jj = np.nonzero(R.index >= 0)
+    centres = np.asarray(R.origin) + np.c_[ii, jj] * R.step
+    dist = np.linalg.norm(centres - rc[R.index[ii, jj]], axis=1)
+    assert dist.max() <= d / 2 + 1e-6
+    # a disc has about the area it should (in pixels), so spots are not squares or dots
+    per_spot = np.bincount(R.index[R.index >= 0], minlength=s.n_spots)
+    area = np.pi * (d / 2 / R.step) ** 2
+    assert np.median(per_spot) == pytest.approx(area, rel=0.15)
+    # painting: values on the spots, NaN (drawn transparent) between them
+    v = np.linspace(0, 1, s.n_spots, dtype=np.float32)
+    img = R.render(v)
+    assert img.dtype == np.float32 and np.isnan(img[R.index < 0]).all()
+    np.testing.assert_array_equal(img[ii, jj], v[R.index[ii, jj]])
+    out = np.zeros_like(img)
+    assert R.render(v[::-1], out=out) is out and out[ij[0, 0], ij[0, 1]] == v[-1]
+    # geometry: raster pixel (i, j) sits where the Points layer puts its data
+    ps = s.pixel_size_um
+    geo = R.layer_geometry(scale=(ps, ps))
+    world = np.asarray(geo["translate"]) + ij * np.asarray(geo["scale"])
+    np.testing.assert_allclose(world, rc * ps, atol=R.step * ps)
+    with pytest.raises(ValueError, match="values"):
+        R.render(v[:-1])
+    with pytest.raises(ValueError, match="diameter"):
+        L.spot_raster(rc, 0.0)

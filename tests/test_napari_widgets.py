@@ -235,6 +235,95 @@ def test_gene_maps_side_by_side_and_switch(make_napari_viewer, qtbot, c2_result)
     assert key == w.session.prediction_key
 
 
+def test_gene_maps_as_images_on_large_slides(make_napari_viewer, qtbot, c2_result, monkeypatch):
+    """Large slides show each panel as an image of the spots (fast to draw); C2 is
+    sent down that path here, so the values can be checked against real spots."""
+    import napari_flag.widgets._common as C
+
+    monkeypatch.setattr(C, "RASTER_MIN_SPOTS", 0)
+    viewer = make_napari_viewer(show=True)
+    with_prediction(viewer, c2_result)
+    w = dock(viewer, "Gene maps")
+    w.side.setChecked(True)
+    top = list(viewer.layers)[:6]
+    assert [lyr.metadata.get(L.ROLE) for lyr in top] == ["panel_image", C.PANEL_MAP] * 3
+    maps = {lyr.metadata["panel"]: lyr for lyr in top[1::2]}
+    assert list(maps) == ["pred", "truth", "std"] and all(lyr.visible for lyr in top)
+    r = roles(viewer)
+    assert not any(r[k].visible for k in ("pred", "truth", "std"))  # the Points wait, hidden
+
+    genes = w.picker.genes()
+    target = "ERBB2" if "ERBB2" in genes else genes[3]
+    qtbot.wait(200)
+    before = viewer.screenshot(canvas_only=True, flash=False)
+    clim_before = tuple(maps["truth"].contrast_limits)
+    w.session.set_gene(target)
+    for role, img in maps.items():
+        pts = r[role]
+        vals = L.gene_values(c2_result, target, role)
+        # each spot centre, seen through the image, shows that spot's value
+        ij = np.rint([img.world_to_data(pts.data_to_world(p)) for p in pts.data]).astype(int)
+        np.testing.assert_allclose(img.data[ij[:, 0], ij[:, 1]], vals, rtol=1e-6)
+        assert np.isnan(img.data).mean() > 0.2  # between spots: transparent, the H&E shows
+        assert tuple(img.contrast_limits) == pytest.approx(pts.metadata["clim"])
+        assert target in img.name and img.metadata["gene"] == target
+        assert img.colormap.name == pts.face_colormap.name
+        assert C.points_colours_stale(pts)  # hidden Points are recoloured only when shown
+    assert tuple(maps["pred"].contrast_limits) == tuple(maps["truth"].contrast_limits) == pytest.approx(
+        w.session.clim)
+    # hovering a spot in the image panel reads its value
+    p0 = r["truth"].data[0]
+    val = maps["truth"].get_value(maps["truth"].world_to_data(r["truth"].data_to_world(p0)))
+    assert float(val) == pytest.approx(float(L.gene_values(c2_result, target, "truth")[0]), rel=1e-6)
+
+    qtbot.wait(300)
+    after = viewer.screenshot(canvas_only=True, flash=False)
+    wd = after.shape[1]
+    thirds = [(x[:, i * wd // 3:(i + 1) * wd // 3, :3].astype(float) for x in (before, after)) for i in range(3)]
+    change = []
+    for b, a in thirds:
+        assert a.std() > 10  # drawn: H&E and spots
+        change.append(np.abs(a - b).mean())
+    assert change[1] > 1.0  # the measured panel was repainted with the new gene
+    # ... with its new values, not only its new range
+    maps["truth"].contrast_limits = clim_before
+    qtbot.wait(300)
+    same_range = viewer.screenshot(canvas_only=True, flash=False)[:, wd // 3:2 * wd // 3, :3].astype(float)
+    assert np.abs(same_range - before[:, wd // 3:2 * wd // 3, :3]).mean() > 1.0
+    maps["truth"].contrast_limits = w.session.clim
+
+    # local Moran's I panels join the grid as images too, and leave with their Points
+    m = dock(viewer, "Moran's I")
+    with qtbot.waitSignal(m.computed, timeout=60_000):
+        pass
+    m.local.setChecked(True)
+    lisa = {lyr.metadata["panel"]: lyr for lyr in viewer.layers
+            if lyr.metadata.get(L.ROLE) == C.PANEL_MAP and lyr.metadata["panel"].startswith("lisa")}
+    assert set(lisa) == {"lisa_pred", "lisa_truth"} and all(lyr.visible for lyr in lisa.values())
+    lo, hi = lisa["lisa_truth"].contrast_limits
+    assert lo == -hi and lisa["lisa_truth"].colormap.name == L.LISA_COLORMAP
+    g2 = genes[4] if genes[4] != target else genes[5]
+    w.session.set_gene(g2)
+    from napari_flag.widgets import _analysis
+
+    want = _analysis.local_moran(w.session.prediction_key, g2)["lisa_truth"]
+    pts = roles(viewer)["lisa_truth"]
+    ij = np.rint([lisa["lisa_truth"].world_to_data(pts.data_to_world(p)) for p in pts.data]).astype(int)
+    np.testing.assert_allclose(lisa["lisa_truth"].data[ij[:, 0], ij[:, 1]], want, rtol=1e-5, atol=1e-6)
+    m.local.setChecked(False)
+    assert not any(lyr.metadata.get(L.ROLE) == C.PANEL_MAP and lyr.metadata["panel"].startswith("lisa")
+                   for lyr in viewer.layers)
+    w.session.set_gene(target)
+
+    w.side.setChecked(False)
+    assert r["pred"].visible and not any(img.visible for img in maps.values())
+    assert not C.points_colours_stale(r["pred"])
+    vals = L.gene_values(c2_result, target, "pred")
+    lo, hi = r["pred"].metadata["clim"]
+    want = r["pred"].face_colormap.map(np.clip((vals - lo) / (hi - lo), 0, 1))
+    np.testing.assert_allclose(r["pred"].face_color, want, atol=1e-6)
+
+
 # ---------------------------------------------------------------------------- metrics, Moran's I
 
 

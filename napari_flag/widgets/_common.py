@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import weakref
 from pathlib import Path
 from typing import Any, Callable
 
@@ -192,10 +193,30 @@ def recolor_points(layer, values: np.ndarray, clim: tuple[float, float], name: s
 
     Colours are mapped here and set directly: one visual update per layer,
     where napari's colormap mode would rebuild the markers three to four times.
+    A hidden layer (e.g. while its panel is drawn as an image, see
+    :func:`sync_panel_map`) gets its values, range and name now and its
+    colours when it is shown again: rebuilding thousands of markers nobody
+    sees would cost most of a gene switch.
     """
     v = np.asarray(values, dtype=np.float32)
     lo, hi = float(clim[0]), float(clim[1])
     layer.features["value"] = v
+    layer.metadata["clim"] = (lo, hi)
+    if name is not None and layer.name != name:
+        layer.name = name
+    if layer.visible:
+        _paint_points(layer)
+        _STALE_COLOURS.discard(layer)
+    else:
+        _STALE_COLOURS.add(layer)
+        if layer not in _WATCHED:
+            _WATCHED.add(layer)
+            layer.events.visible.connect(_repaint_when_shown)
+
+
+def _paint_points(layer) -> None:
+    v = np.asarray(layer.features["value"], dtype=np.float32)
+    lo, hi = layer.metadata["clim"]
     t = np.clip((np.nan_to_num(v, nan=lo) - lo) / ((hi - lo) or 1.0), 0.0, 1.0)
     rgba = np.asarray(layer.face_colormap.map(t), dtype=np.float32)
     rgba[~np.isfinite(v), 3] = 0.0  # genes missing from the truth: transparent
@@ -203,9 +224,98 @@ def recolor_points(layer, values: np.ndarray, clim: tuple[float, float], name: s
     # make it rebuild the same markers a second time
     with layer.events.face_color.blocker():
         layer.face_color = rgba
-    layer.metadata["clim"] = (lo, hi)
-    if name is not None and layer.name != name:
-        layer.name = name
+
+
+def _repaint_when_shown(event) -> None:
+    layer = event.source
+    if layer.visible and layer in _STALE_COLOURS:
+        _STALE_COLOURS.discard(layer)
+        _paint_points(layer)
+
+
+def points_colours_stale(layer) -> bool:
+    """Whether a hidden Points layer still shows the previous gene's colours."""
+    return layer in _STALE_COLOURS
+
+
+_STALE_COLOURS: "weakref.WeakSet" = weakref.WeakSet()
+_WATCHED: "weakref.WeakSet" = weakref.WeakSet()
+
+#: slides with at least this many spots show their side-by-side panels as
+#: images (:class:`~napari_flag.layers.SpotRaster`) instead of Points
+RASTER_MIN_SPOTS = 1000
+PANEL_MAP = "panel_map"
+_RASTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def wants_raster(points) -> bool:
+    return len(points.data) >= RASTER_MIN_SPOTS
+
+
+def panel_map_layer(viewer, points):
+    """The image that stands in for the Points panel ``points``, if there is one."""
+    md = flag_meta(points)
+    for lyr in viewer.layers:
+        m = flag_meta(lyr)
+        if (m.get(L.ROLE) == PANEL_MAP and m.get("prediction_key") == md.get("prediction_key")
+                and m.get("panel") == md.get(L.ROLE)):
+            return lyr
+    return None
+
+
+def _map_name(points) -> str:
+    return f"{points.name} (image)"
+
+
+def sync_panel_map(viewer, points, create: bool = False):
+    """Paint the image panel of ``points`` from its current values and range.
+
+    The image shares the Points' colormap and contrast limits (now napari's
+    own ``contrast_limits``, editable in the layer controls) and shows the
+    hovered spot's value in the status bar.  ``create`` adds it when missing.
+    Returns the image layer or ``None``.
+    """
+    img = panel_map_layer(viewer, points)
+    if img is None and not create:
+        return None
+    values = np.asarray(points.features["value"], dtype=np.float32)
+    clim = tuple(points.metadata.get("clim") or L.percentile_limits(values))
+    raster = _RASTERS.get(img) if img is not None else None
+    if raster is None or raster.n_spots > len(values):
+        raster = L.spot_raster(np.asarray(points.data)[:, -2:], float(np.mean(points.size)))
+    if img is None:
+        from napari.layers import Image
+
+        md = {k: v for k, v in flag_meta(points).items() if k != "clim"}
+        md.update({L.ROLE: PANEL_MAP, "panel": md.get(L.ROLE)})
+        img = Image(
+            raster.render(values), name=_map_name(points), colormap=points.face_colormap,
+            contrast_limits=clim, opacity=points.opacity, units=points.units, metadata=md,
+            **raster.layer_geometry(points.scale, points.translate),
+        )
+        img = viewer.add_layer(img)
+    else:
+        # in place + refresh: a new ``data`` would make napari re-measure the
+        # whole viewer's extent, which costs as much as drawing the frame
+        raster.render(values, out=img.data)
+        img.refresh()
+        if tuple(img.contrast_limits) != clim:
+            img.contrast_limits = clim
+        if img.name != _map_name(points):
+            img.name = _map_name(points)
+    img.metadata["gene"] = points.metadata.get("gene")
+    img.metadata["clim"] = clim
+    _RASTERS[img] = raster
+    return img
+
+
+def recolor_panel(viewer, points, values, clim, name: str | None = None) -> None:
+    """:func:`recolor_points`, and its image panel when that is what is shown."""
+    recolor_points(points, values, clim, name=name)
+    if not points.visible:
+        img = panel_map_layer(viewer, points)
+        if img is not None and img.visible:
+            sync_panel_map(viewer, points)
 
 
 def apply_gene(viewer, key: str, gene: str) -> tuple[float, float] | None:
@@ -227,7 +337,7 @@ def apply_gene(viewer, key: str, gene: str) -> tuple[float, float] | None:
         clim = L.percentile_limits(vals[r]) if r == "std" else shared
         sid = lyr.metadata.get("sample_id", "")
         lyr.metadata["gene"] = gene
-        recolor_points(lyr, vals[r], clim, name=L.panel_name(sid, r, gene))
+        recolor_panel(viewer, lyr, vals[r], clim, name=L.panel_name(sid, r, gene))
     return shared
 
 

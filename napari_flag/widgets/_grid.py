@@ -17,13 +17,20 @@ grouping.  So the panels are laid out as pairs at the bottom of the list::
 
 All viewboxes share one camera, so pan and zoom are linked.  The H&E copies
 share the slide's array (no pixel copy), only a texture per panel.
+
+On large slides (``RASTER_MIN_SPOTS`` spots or more) the panel in each pair is
+not the Points layer but an image of the same spots
+(:func:`~napari_flag.widgets._common.sync_panel_map`): the Points stay in the
+layer list, hidden, and come back when the grid is left.  On a software
+renderer three panels of 5,000 point sprites cost 60-70 ms a frame, three
+images a few ms.
 """
 from __future__ import annotations
 
 import math
 
 from .. import layers as L
-from ._common import flag_meta, focus_on_spots, prediction_layers, show_scale_bar
+from ._common import PANEL_MAP, flag_meta, focus_on_spots, prediction_layers, show_scale_bar, sync_panel_map, wants_raster
 
 PANEL_ORDER = ("pred", "truth", "std", "lisa_pred", "lisa_truth")
 _HIDDEN_KEY = "_flag_hidden_by_grid"
@@ -71,7 +78,8 @@ def _panel_image(viewer, key: str, role: str, slide):
 
 
 def panel_layers(viewer, key: str) -> list[tuple]:
-    """``[(image_or_None, points), ...]`` in panel order, creating H&E copies as needed."""
+    """``[(image_or_None, panel, points), ...]`` in panel order, creating H&E copies
+    and image panels as needed; ``panel`` is ``points`` or the image drawn for it."""
     pl = prediction_layers(viewer, key)
     if not pl:
         return []
@@ -79,20 +87,22 @@ def panel_layers(viewer, key: str) -> list[tuple]:
     out = []
     for role in PANEL_ORDER:
         if role in pl:
+            pts = pl[role]
             img = _panel_image(viewer, key, role, slide) if slide is not None else None
-            out.append((img, pl[role]))
+            panel = sync_panel_map(viewer, pts, create=True) if wants_raster(pts) else pts
+            out.append((img, panel, pts))
     return out
 
 
 def arrange_side_by_side(viewer, key: str) -> list:
     """Turn grid mode on with one viewbox per panel of prediction ``key``; returns the panel layers."""
-    pairs = panel_layers(viewer, key)
-    if not pairs:
+    triples = panel_layers(viewer, key)
+    if not triples:
         return []
     ordered = []
-    for img, pts in pairs:
-        ordered.extend([img, pts] if img is not None else [pts])
-    stride = 2 if all(img is not None for img, _ in pairs) else 1
+    for img, panel, _ in triples:
+        ordered.extend([img, panel] if img is not None else [panel])
+    stride = 2 if all(img is not None for img, _, _ in triples) else 1
     ll = viewer.layers
     for i, lyr in enumerate(ordered):
         cur = ll.index(lyr)
@@ -104,14 +114,14 @@ def arrange_side_by_side(viewer, key: str) -> list:
             lyr.metadata[_HIDDEN_KEY] = True
     for lyr in ordered:
         lyr.visible = True
-    n = len(pairs)
+    n = len(triples)
     grid = grid_model(viewer)
     grid.stride = stride
     grid.shape = (1, n) if n <= 3 else (2, math.ceil(n / 2))
     grid.spacing = 0.02
     grid.enabled = True
     show_scale_bar(viewer)
-    focus_on_spots(viewer, [pts for _, pts in pairs])
+    focus_on_spots(viewer, [pts for _, _, pts in triples])
     return ordered
 
 
@@ -123,7 +133,7 @@ def leave_side_by_side(viewer, key: str | None) -> None:
         if md.pop(_HIDDEN_KEY, False):
             lyr.visible = True
         fm = flag_meta(lyr)
-        if fm.get(L.ROLE) == "panel_image" or (
+        if fm.get(L.ROLE) in ("panel_image", PANEL_MAP) or (
             fm.get("prediction_key") == key and fm.get(L.ROLE) in PANEL_ORDER and fm.get(L.ROLE) != "pred"
         ):
             lyr.visible = False

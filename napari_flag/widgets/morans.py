@@ -18,8 +18,9 @@ from . import _analysis
 from ._common import (
     EvaluationJob,
     get_session,
+    panel_map_layer,
     prediction_layers,
-    recolor_points,
+    recolor_panel,
     report_errors,
     unwrap_viewer,
 )
@@ -176,6 +177,9 @@ class MoransWidget(EvaluationJob, QWidget):
         else:
             key = self.session.prediction_key
             for lyr in prediction_layers(self.viewer, key, ("lisa_truth", "lisa_pred")).values():
+                img = panel_map_layer(self.viewer, lyr)
+                if img is not None:
+                    self.viewer.layers.remove(img)
                 self.viewer.layers.remove(lyr)
             if grid_model(self.viewer).enabled and self.session.prediction_key:
                 arrange_side_by_side(self.viewer, self.session.prediction_key)
@@ -201,7 +205,7 @@ class MoransWidget(EvaluationJob, QWidget):
             name = L.panel_name(sid, role, gene)
             if role in have:
                 have[role].metadata["gene"] = gene
-                recolor_points(have[role], vals[role], clim, name=name)
+                recolor_panel(self.viewer, have[role], vals[role], clim, name=name)
                 continue
             meta = dict(pred.metadata if pred is not None else {})
             meta.update({L.ROLE: role, "gene": gene, "clim": clim})
