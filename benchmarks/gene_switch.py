@@ -7,15 +7,20 @@ The slide is synthetic (so the benchmark needs no dataset): a 5,000-spot
 hexagonal Visium-like array over a 6,000 x 6,000 px pink H&E-like image, 200
 genes.  Each switch is timed in three parts:
 
-* ``recolor``  - :meth:`FlagSession.set_gene`: new values and colours for the
-  three Points layers (what the user waits for before anything can change);
+* ``recolor``  - :meth:`FlagSession.set_gene`: new values for the three
+  panels (on a slide this large, images of the spots; the Points layers they
+  stand for get their values and are recoloured when shown again);
 * ``to_paint`` - the same plus one pass of the Qt event loop, which repaints
   the canvas (OpenGL) and the widgets: the latency the user sees;
 * ``legend``   - one synchronous redraw of the matplotlib colour legend (it is
   deferred by 40 ms after the last switch, so it is not in ``to_paint``);
 * ``frame``    - for reference, one repaint with nothing changed: the cost of
   the OpenGL renderer alone (large under a software renderer such as
-  llvmpipe on a headless machine, a few ms on a GPU).
+  llvmpipe on a headless machine, a few ms on a GPU), split into an empty
+  canvas, the H&E copies alone and the gene panels alone.
+
+``--points`` draws the panels as Points layers instead, the way slides under
+``RASTER_MIN_SPOTS`` are shown (benchmarks/results/gene_switch_points.txt).
 
 Needs a display: ``xvfb-run -a python benchmarks/gene_switch.py`` headless.
 Writes the report to ``--out`` when given (benchmarks/results/gene_switch.txt).
@@ -78,6 +83,8 @@ def main(argv=None) -> int:
     ap.add_argument("--genes", type=int, default=200)
     ap.add_argument("--switches", type=int, default=30)
     ap.add_argument("--out", default=None, help="write the report here as well")
+    ap.add_argument("--points", action="store_true",
+                    help="draw the panels as Points layers (what slides under RASTER_MIN_SPOTS get), for comparison")
     ap.add_argument("--screenshot", default=None, help="save the canvas after the last switch (PNG)")
     args = ap.parse_args(argv)
 
@@ -89,6 +96,10 @@ def main(argv=None) -> int:
     from napari_flag.widgets._common import get_session
     from napari_flag.widgets.gene_maps import GeneMapsWidget
 
+    if args.points:
+        from napari_flag.widgets import _common
+
+        _common.RASTER_MIN_SPOTS = 10**12
     sample, res = make_slide(args.spots, args.genes)
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)

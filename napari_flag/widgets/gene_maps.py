@@ -1,8 +1,9 @@
 """Gene maps: pick a gene, see predicted vs measured (and uncertainty) side by side.
 
 Switching gene only rewrites one feature column per layer and its contrast
-limits (see :func:`napari_flag.widgets._common.apply_gene`), so it stays well
-under the 100 ms budget on a 5,000-spot slide (``benchmarks/gene_switch.py``).
+limits (see :func:`napari_flag.widgets._common.apply_gene`); on large slides the
+panels are images of the spots, so the repaint stays under the 100 ms budget on
+a 5,000-spot slide even on a software renderer (``benchmarks/gene_switch.py``).
 Layout of the side-by-side view: :mod:`napari_flag.widgets._grid`.
 """
 from __future__ import annotations
