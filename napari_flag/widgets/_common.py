@@ -297,8 +297,12 @@ def sync_panel_map(viewer, points, create: bool = False):
     else:
         # in place + refresh: a new ``data`` would make napari re-measure the
         # whole viewer's extent, which costs as much as drawing the frame
-        raster.render(values, out=img.data)
-        img.refresh()
+        buf = img.data
+        if isinstance(buf, np.ndarray) and buf.dtype == np.float32 and buf.shape == raster.shape:
+            raster.render(values, out=buf)
+            img.refresh()
+        else:  # the user replaced the image's data
+            img.data = raster.render(values)
         if tuple(img.contrast_limits) != clim:
             img.contrast_limits = clim
         if img.name != _map_name(points):
