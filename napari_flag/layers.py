@@ -415,7 +415,7 @@ def spot_raster(
     r = d / 2.0
     lo = c.min(axis=0) - r
     span = c.max(axis=0) + r - lo
-    step = max(d / float(max_px_per_spot), float(np.sqrt(np.prod(span + d) / float(max_pixels))))
+    step = max(d / float(max_px_per_spot), float(np.sqrt(np.prod(span) / float(max_pixels))))
     shape = tuple(int(n) for n in np.ceil(span / step).astype(int) + 1)
     while shape[0] * shape[1] > max_pixels:  # rounding up can cross the budget
         step *= 1.01

@@ -209,9 +209,7 @@ def recolor_points(layer, values: np.ndarray, clim: tuple[float, float], name: s
         _STALE_COLOURS.discard(layer)
     else:
         _STALE_COLOURS.add(layer)
-        if layer not in _WATCHED:
-            _WATCHED.add(layer)
-            layer.events.visible.connect(_repaint_when_shown)
+        layer.events.visible.connect(_repaint_when_shown)  # napari ignores a repeated connect
 
 
 def _paint_points(layer) -> None:
@@ -239,7 +237,6 @@ def points_colours_stale(layer) -> bool:
 
 
 _STALE_COLOURS: "weakref.WeakSet" = weakref.WeakSet()
-_WATCHED: "weakref.WeakSet" = weakref.WeakSet()
 
 #: slides with at least this many spots show their side-by-side panels as
 #: images (:class:`~napari_flag.layers.SpotRaster`) instead of Points
@@ -252,15 +249,20 @@ def wants_raster(points) -> bool:
     return len(points.data) >= RASTER_MIN_SPOTS
 
 
+def find_panel_layer(viewer, kind: str, key: str | None, panel: str | None):
+    """The ``kind`` layer (``"panel_image"``: H&E copy, ``PANEL_MAP``: image of
+    the spots) made for panel ``panel`` of prediction ``key``, or ``None``."""
+    for lyr in viewer.layers:
+        md = flag_meta(lyr)
+        if md.get(L.ROLE) == kind and md.get("prediction_key") == key and md.get("panel") == panel:
+            return lyr
+    return None
+
+
 def panel_map_layer(viewer, points):
     """The image that stands in for the Points panel ``points``, if there is one."""
     md = flag_meta(points)
-    for lyr in viewer.layers:
-        m = flag_meta(lyr)
-        if (m.get(L.ROLE) == PANEL_MAP and m.get("prediction_key") == md.get("prediction_key")
-                and m.get("panel") == md.get(L.ROLE)):
-            return lyr
-    return None
+    return find_panel_layer(viewer, PANEL_MAP, md.get("prediction_key"), md.get(L.ROLE))
 
 
 def _map_name(points) -> str:
@@ -278,6 +280,11 @@ def sync_panel_map(viewer, points, create: bool = False):
     img = panel_map_layer(viewer, points)
     if img is None and not create:
         return None
+    return _paint_map(viewer, img, points)
+
+
+def _paint_map(viewer, img, points):
+    """Paint image panel ``img`` (created when ``None``) from ``points``."""
     values = np.asarray(points.features["value"], dtype=np.float32)
     clim = tuple(points.metadata.get("clim") or L.percentile_limits(values))
     raster = _RASTERS.get(img) if img is not None else None
@@ -308,7 +315,6 @@ def sync_panel_map(viewer, points, create: bool = False):
         if img.name != _map_name(points):
             img.name = _map_name(points)
     img.metadata["gene"] = points.metadata.get("gene")
-    img.metadata["clim"] = clim
     _RASTERS[img] = raster
     return img
 
@@ -319,7 +325,7 @@ def recolor_panel(viewer, points, values, clim, name: str | None = None) -> None
     if not points.visible:
         img = panel_map_layer(viewer, points)
         if img is not None and img.visible:
-            sync_panel_map(viewer, points)
+            _paint_map(viewer, img, points)
 
 
 def apply_gene(viewer, key: str, gene: str) -> tuple[float, float] | None:
@@ -359,8 +365,6 @@ class FlagSession:
     checkpoint_chosen = Signal(str)
 
     def __init__(self, viewer):
-        import weakref
-
         self._viewer = weakref.ref(viewer)
         self.prediction_key: str | None = None
         self.gene: str | None = None
@@ -450,8 +454,6 @@ def unwrap_viewer(viewer):
 
 def get_session(viewer) -> FlagSession:
     """The session of ``viewer`` (created on first use, dropped with the viewer)."""
-    import weakref
-
     viewer = unwrap_viewer(viewer)
     s = _SESSIONS.get(id(viewer))
     if s is None or s.viewer is not viewer:

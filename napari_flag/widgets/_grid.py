@@ -30,7 +30,16 @@ from __future__ import annotations
 import math
 
 from .. import layers as L
-from ._common import PANEL_MAP, flag_meta, focus_on_spots, prediction_layers, show_scale_bar, sync_panel_map, wants_raster
+from ._common import (
+    PANEL_MAP,
+    find_panel_layer,
+    flag_meta,
+    focus_on_spots,
+    prediction_layers,
+    show_scale_bar,
+    sync_panel_map,
+    wants_raster,
+)
 
 PANEL_ORDER = ("pred", "truth", "std", "lisa_pred", "lisa_truth")
 _HIDDEN_KEY = "_flag_hidden_by_grid"
@@ -56,10 +65,9 @@ def _slide_layer(viewer, meta: dict):
 
 
 def _panel_image(viewer, key: str, role: str, slide):
-    for lyr in viewer.layers:
-        md = flag_meta(lyr)
-        if md.get(L.ROLE) == "panel_image" and md.get("prediction_key") == key and md.get("panel") == role:
-            return lyr
+    found = find_panel_layer(viewer, "panel_image", key, role)
+    if found is not None:
+        return found
     from napari.layers import Image
 
     md = dict(flag_meta(slide), **{L.ROLE: "panel_image", "prediction_key": key, "panel": role})
