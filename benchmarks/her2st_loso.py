@@ -40,9 +40,9 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
 
     torch.set_num_threads(1)
     from napari_flag.checkpoint import load_model
-    from napari_flag.metrics import evaluate_slide
-    from napari_flag.training import TrainConfig, prepare_data, train
-    from napari_flag.training.loop import SAMPLER_KEYS, predict_slide
+    from napari_flag.inference import predict_arrays
+    from napari_flag.metrics import evaluate
+    from napari_flag.training import SAMPLER_KEYS, TrainConfig, prepare_data, train
 
     train_ids = [f"her2st:{s}" for s in SECTIONS if s != held]
     base = TrainConfig(
@@ -62,8 +62,7 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
             if hasattr(model, "cfg"):  # the sampler comes from this command, the weights from the run
                 want = cfg.flag_config()
                 for k in SAMPLER_KEYS:
-                    if k != "align_dim":
-                        setattr(model.cfg, k, getattr(want, k))
+                    setattr(model.cfg, k, getattr(want, k))
             rec = json.loads(info.read_text())
             t_train, n_steps = rec["train_s"], rec["steps"]
         else:
@@ -74,23 +73,23 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
         if temperature is not None and hasattr(model, "cfg"):
             model.cfg.sample_temperature = float(temperature)
         t0 = time.time()
-        pred, _, smp = predict_slide(model, sl, data.mean, data.std, data.transform,
-                                     seed=seed, return_samples=True)
+        pred, _, smp = predict_arrays(model, sl, data.panel, seed=seed, return_samples=True)
         t_pred = time.time() - t0
-        kw = dict(coords=sl.coords, grid=sl.grid or "auto", genes=data.genes, seed=seed)
-        res["methods"][m] = {"metrics": evaluate_slide(pred, sl.truth, **kw),
+
+        def score(x):
+            return evaluate(x, sl.truth, sl.coords, sl.array_rc, sl.grid, genes=data.genes, seed=seed)
+
+        res["methods"][m] = {"metrics": score(pred),
                              "train_s": t_train, "predict_s": t_pred, "steps": n_steps}
         if m in GENERATIVE and smp is not None:
-            res["methods"][m + "_sample"] = {"metrics": evaluate_slide(smp[0], sl.truth, **kw),
+            res["methods"][m + "_sample"] = {"metrics": score(smp[0]),
                                              "train_s": t_train, "predict_s": t_pred, "steps": n_steps}
         if m == "flag":
             # the same samples drawn as antithetic pairs: their mean is close to the
             # posterior mean (regression-like), reported to show that trade-off
-            was, model.cfg.sample_antithetic = model.cfg.sample_antithetic, True
             t0 = time.time()
-            anti, _, _ = predict_slide(model, sl, data.mean, data.std, data.transform, seed=seed)
-            model.cfg.sample_antithetic = was
-            res["methods"]["flag_antithetic"] = {"metrics": evaluate_slide(anti, sl.truth, **kw),
+            anti, _, _ = predict_arrays(model, sl, data.panel, seed=seed, antithetic=True)
+            res["methods"]["flag_antithetic"] = {"metrics": score(anti),
                                                  "train_s": t_train, "predict_s": time.time() - t0,
                                                  "steps": n_steps}
         print(f"[{held}] {m}: " + " ".join(f"{k}={v:.3f}" for k, v in res["methods"][m]["metrics"].items())

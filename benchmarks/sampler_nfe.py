@@ -65,20 +65,16 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     from napari_flag.checkpoint import load_model
     from napari_flag.data import load_sample
-    from napari_flag.features import compute_features
-    from napari_flag.metrics import evaluate_slide
-    from napari_flag.predict import _encoder_for
-    from napari_flag.training.data import SlideData, slide_graph, target_matrix
-    from napari_flag.training.loop import predict_slide
+    from napari_flag.inference import GenePanel, encoder_for_checkpoint, predict_arrays, prepare_slide
+    from napari_flag.metrics import evaluate
 
     model, meta = load_model(a.checkpoint, "cpu")
+    panel = GenePanel.from_checkpoint(meta)
     sample = load_sample(f"her2st:{a.section}")
-    feats = compute_features(sample, _encoder_for(meta, "cpu"))
-    g = meta.get("graph") or {}
-    slide = SlideData(a.section, torch.from_numpy(feats), slide_graph(sample, feats, int(g.get("k", 8)), g.get("radius_um")),
-                      sample.coords, sample.grid)
-    truth, _ = target_matrix(sample, meta.genes, meta.transform)
-    mean, std = meta["mean"].numpy(), meta["std"].numpy()
+    slide = prepare_slide(sample, encoder_for_checkpoint(meta, "cpu"), meta.get("graph"), panel)
+
+    def score(x):
+        return evaluate(x, slide.truth, slide.coords, slide.array_rc, slide.grid, genes=panel.genes, seed=a.seed)
 
     rows = []
     for solver in a.solvers:
@@ -87,11 +83,10 @@ def main(argv=None) -> int:
                 continue  # one step is the same one-shot denoiser for every solver
             for ns in a.samples:
                 t0 = time.perf_counter()
-                pred, _, smp = predict_slide(model, slide, mean, std, meta.transform, steps=st, samples=ns,
-                                             seed=a.seed, return_samples=True, solver=solver)
+                pred, _, smp = predict_arrays(model, slide, panel, steps=st, samples=ns, seed=a.seed,
+                                              return_samples=True, solver=solver)
                 dt = time.perf_counter() - t0
-                m = evaluate_slide(pred, truth, sample.coords, grid=sample.grid or "auto", seed=a.seed)
-                s1 = evaluate_slide(smp[0], truth, sample.coords, grid=sample.grid or "auto", seed=a.seed)
+                m, s1 = score(pred), score(smp[0])
                 n = nfe(solver, st, ns)
                 rows.append({"solver": solver, "steps": st, "samples": ns, "nfe_per_spot": n, "seconds": dt,
                              "mean": m, "single_sample": s1})

@@ -35,7 +35,7 @@ from _result import command, machine, write_json
 
 
 def _section(ckpt: str, section, cold: bool) -> dict:
-    from napari_flag.predict import predict_sample
+    from napari_flag.inference import predict_sample
 
     t0 = time.perf_counter()
     src = f"her2st:{section}" if isinstance(section, str) else section
@@ -51,6 +51,7 @@ def _synthetic(ckpt: str, n: int, seed: int = 0) -> dict:
 
     from napari_flag.checkpoint import load_model
     from napari_flag.graph import build_spatial_graph
+    from napari_flag.model import sample_expression
 
     model, meta = load_model(ckpt, "cpu")
     rng = np.random.default_rng(seed)
@@ -64,7 +65,7 @@ def _synthetic(ckpt: str, n: int, seed: int = 0) -> dict:
     with torch.no_grad():
         h = model.encode_slide(torch.from_numpy(feats), graph)
         steps, samples = model.cfg.sample_steps, model.cfg.sample_count
-        model.sample(h, steps=steps, samples=samples, generator=torch.Generator().manual_seed(seed))
+        sample_expression(model, h, steps=steps, samples=samples, generator=torch.Generator().manual_seed(seed))
     return {"seconds": time.perf_counter() - t0, "graph_s": t_graph, "spots": n, "steps": steps, "samples": samples,
             "solver": model.cfg.sample_solver}
 

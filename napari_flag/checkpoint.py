@@ -10,14 +10,17 @@ and the graph parameters.
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from ._io import atomic_path
+from .data.panel import TRANSFORMS
 from .errors import FlagInputError
+from .features.encoders import resolve_device
+from .model import BASELINES, METHODS, FlagConfig, FlagModel
 
 __all__ = [
     "FORMAT",
@@ -28,7 +31,10 @@ __all__ = [
     "load_model",
     "export_checkpoint",
     "CheckpointMeta",
+    "NO_DEFAULT_MODEL",
 ]
+
+NO_DEFAULT_MODEL = "no bundled default model yet; pass --checkpoint"
 
 FORMAT = "napari-flag-checkpoint"
 FORMAT_VERSION = 1
@@ -46,22 +52,10 @@ def default_checkpoint_path() -> Path:
 
 
 def _atomic_torch_save(obj: Any, path: Path) -> None:
-    """Write beside the target then rename, so a crash never leaves half a file under the real name."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(obj, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a model file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())  # a checkpoint is what a killed run resumes from: make it durable
 
 
 def _cpu(obj: Any) -> Any:
@@ -188,8 +182,6 @@ def _load_problem(exc: BaseException) -> str:
 
 def _invalid_fields(ckpt: dict) -> str | None:
     """The first field a prediction would trip over, checked up front so the error names the file."""
-    from .training.config import METHODS, TRANSFORMS
-
     if ckpt["method"] not in METHODS:
         return f"unknown method {ckpt['method']!r}"
     if ckpt["transform"] not in TRANSFORMS:
@@ -214,7 +206,7 @@ def _invalid_fields(ckpt: dict) -> str | None:
     for k in ("model_config", "train_config", "graph"):
         if ckpt.get(k) is not None and not isinstance(ckpt[k], dict):
             return f"{k} is not a mapping"
-    if ckpt["method"] not in ("ridge", "mlp") and not isinstance(ckpt.get("model_config"), dict):
+    if ckpt["method"] not in BASELINES and not isinstance(ckpt.get("model_config"), dict):
         return "no model_config"
     return None
 
@@ -252,13 +244,8 @@ def build_model(ckpt: dict, path: str | Path = "<checkpoint>"):
     """Instantiate the model a checkpoint describes and load its (EMA) weights."""
     method = ckpt["method"]
     try:
-        if method in ("ridge", "mlp"):
-            from .model.baselines import MLPBaseline, RidgeBaseline
-
-            return {"ridge": RidgeBaseline, "mlp": MLPBaseline}[method].from_state(ckpt["model"])
-        from .model.config import FlagConfig
-        from .model.flag import FlagModel
-
+        if method in BASELINES:
+            return BASELINES[method].from_state(ckpt["model"])
         cfg = FlagConfig.from_dict(ckpt["model_config"] or {})
         model = FlagModel(
             cfg,
@@ -285,12 +272,10 @@ def load_model(path: str | Path | None = None, device: Any = "cpu"):
     if path is None:
         path = default_checkpoint_path()
         if not Path(path).is_file():
-            raise FlagInputError("no bundled default model yet; pass --checkpoint")
+            raise FlagInputError(NO_DEFAULT_MODEL)
     ckpt = load_checkpoint(path, map_location="cpu")
     model = build_model(ckpt, path)
     if isinstance(model, torch.nn.Module):
-        from .features.encoders import resolve_device
-
         model = model.to(resolve_device(device))
     meta = CheckpointMeta({k: v for k, v in ckpt.items() if k not in ("model", *TRAINING_ONLY)})
     meta["path"] = str(Path(path))

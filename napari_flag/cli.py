@@ -13,7 +13,13 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+import scipy.sparse as sp
+
+from ._io import atomic_write_text
+from .data.panel import TRANSFORMS, transform_counts
 from .errors import FlagCancelled, FlagInputError
+from .metrics import evaluate_adata, format_table, in_sample_note, jsonable, summarize
 
 __all__ = ["main", "train_main"]
 
@@ -94,7 +100,7 @@ def _bars(quiet: bool):
 
 # ----------------------------------------------------------------------------- predict
 def _cmd_predict(args) -> int:
-    from .predict import predict_sample, write_prediction
+    from .inference import predict_sample, write_prediction
 
     out = Path(args.out).expanduser()
     if out.suffix != ".h5ad":
@@ -107,7 +113,8 @@ def _cmd_predict(args) -> int:
     try:
         adata = predict_sample(
             args.sample, checkpoint=args.checkpoint, steps=args.steps, samples=args.samples,
-            device=args.device, seed=args.seed, progress=bars, feature_cache=not args.no_cache,
+            device=args.device, seed=args.seed, progress=lambda ev: bars(ev.done, ev.total, ev.stage),
+            feature_cache=not args.no_cache,
         )
     finally:
         bars.close()
@@ -135,18 +142,9 @@ def _read_h5ad(path: str | Path):
         raise FlagInputError(f"{p}: not a readable .h5ad file ({first[:200]})") from exc
 
 
-def _dense(x):
-    import numpy as np
-    import scipy.sparse as sp
-
-    return np.asarray(x.toarray() if sp.issparse(x) else x, dtype=np.float64)
-
-
 def _flag_info(adata, path) -> dict:
     """``uns['flag']`` of a file, checked: it is read from the file, so it may hold anything."""
     from collections.abc import Mapping
-
-    from .data.panel import TRANSFORMS
 
     info = adata.uns.get("flag", {})
     if not isinstance(info, Mapping):
@@ -161,97 +159,110 @@ def _flag_info(adata, path) -> dict:
     return info
 
 
-def _truth_from_file(path, genes, transform: str):
-    """Truth matrix for ``genes`` from a prediction-format file (``layers['truth']``) or raw counts.
+def _counts_source(t, scale: str, path):
+    """``(matrix, gene names, what)`` of the truth file's values on ``scale`` (``counts``/``target``/``auto``).
 
-    A prediction-format truth must be on the prediction's scale (its
-    ``uns['flag']['transform']``, when recorded); raw counts are transformed like
-    the prediction.  Panel genes the truth lacks are left out of the metrics
-    (noted on stderr); none shared is an error.
+    Counts are looked for in ``layers['counts']``, then ``.raw``, then an
+    integer ``X``; a non-integer ``X`` is taken as already on the target scale
+    (as scanpy users keep it: log-normalised X, counts in a layer).
     """
-    import numpy as np
-
-    t = _read_h5ad(path)
     names = [str(g) for g in t.var_names]
-    present = set(names)
-    have = [g for g in genes if g in present]
+    if scale in ("auto", "counts"):
+        if "counts" in t.layers:
+            return t.layers["counts"], names, "counts"
+        if t.raw is not None and scale == "counts" or (t.raw is not None and _is_integer(t.raw.X)):
+            return t.raw.X, [str(g) for g in t.raw.var_names], "counts"
+        if scale == "counts" or _is_integer(t.X):
+            return t.X, names, "counts"
+        _note(f"{path}: X is not integer counts and the file has no layers['counts'] or .raw; "
+              f"X is taken as already on the target scale (--truth-scale counts to transform it)")
+    return t.X, names, "target"
+
+
+def _is_integer(X) -> bool:
+    v = X.data if sp.issparse(X) else np.asarray(X)
+    v = np.asarray(v[: 1_000_000] if v.ndim == 1 else v.ravel()[: 1_000_000], dtype=np.float64)
+    return bool(np.isfinite(v).all() and (v >= 0).all() and np.allclose(v, np.round(v)))
+
+
+def _truth_from_file(path, genes, transform: str, scale: str = "auto"):
+    """Truth matrix for ``genes`` on the prediction's scale, and the file's spot ids.
+
+    A prediction-format file (``layers['truth']``) must be on the prediction's
+    scale (its ``uns['flag']['transform']``, when recorded); counts are
+    transformed like the prediction (see :func:`_counts_source`).  Panel genes
+    the truth lacks are left out of the metrics (noted on stderr); none shared
+    is an error.
+    """
+    t = _read_h5ad(path)
+    if "truth" in t.layers and scale == "auto":
+        ttr = _flag_info(t, path).get("transform")
+        if ttr is not None and ttr != transform:
+            raise FlagInputError(f"{path}: truth is on the {ttr!r} scale but the prediction on {transform!r}")
+        mat, names, kind = t.layers["truth"], [str(g) for g in t.var_names], "target"
+    else:
+        mat, names, kind = _counts_source(t, scale, path)
+    col: dict = {}
+    for i, g in enumerate(names):
+        col.setdefault(g, i)
+    have = [g for g in genes if g in col]
     if not have:
         raise FlagInputError(f"{path}: shares no genes with the prediction's panel")
     if len(have) < len(genes):
         _note(f"{path}: lacks {len(genes) - len(have)} of the {len(genes)} panel genes; they are left out")
-    if "truth" in t.layers:
-        ttr = _flag_info(t, path).get("transform")
-        if ttr is not None and ttr != transform:
-            raise FlagInputError(f"{path}: truth is on the {ttr!r} scale but the prediction on {transform!r}")
-        mat = _dense(t.layers["truth"])
-        col = {g: i for i, g in enumerate(names)}
-        out = np.full((t.n_obs, len(genes)), np.nan)
-        for j, g in enumerate(genes):
-            if g in col:
-                out[:, j] = mat[:, col[g]]
-        return out, [str(s) for s in t.obs_names]
-    from .data.panel import panel_matrix
-
-    first: dict = {}
-    for i, g in enumerate(names):
-        first.setdefault(g, i)
-    X = t.X
-    raw = _dense(X[:, [first[g] for g in have]])
-    if not np.isfinite(raw).all() or (raw < 0).any():
-        raise FlagInputError(f"{path}: X holds negative or non-finite values, not raw counts "
-                             f"(pass counts, or a prediction file with layers['truth'])")
-    if not np.allclose(raw, np.round(raw)):
-        _note(f"{path}: X is not integer counts; it is transformed ({transform}) as if it were")
+    sub = mat[:, [col[g] for g in have]]
+    sub = np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float64)
+    if not np.isfinite(sub).all() or (sub < 0).any():  # neither counts nor log-scale expression
+        raise FlagInputError(f"{path}: truth holds negative or non-finite values (not counts or log expression)")
+    if kind == "counts":
+        sub = transform_counts(sub, transform).astype(np.float64)
     out = np.full((t.n_obs, len(genes)), np.nan)
-    out[:, [genes.index(g) for g in have]] = panel_matrix(t, have, transform)
+    out[:, [genes.index(g) for g in have]] = sub
     return out, [str(s) for s in t.obs_names]
 
 
-def _evaluate_one(path, truth_path, grid: str, layer: str):
-    import numpy as np
-
-    from .metrics import evaluate_slide
-
+def _evaluate_one(path, truth_path, grid: str, layer: str, truth_scale: str = "auto"):
+    """``(sample id, metrics, in-sample note)`` of one prediction file, by :func:`evaluate_adata`."""
     a = _read_h5ad(path)
     info = _flag_info(a, path)
     genes = [str(g) for g in a.var_names]
-    if layer == "X":
-        pred = _dense(a.X)
-    elif layer in a.layers:
-        pred = _dense(a.layers[layer])
-    else:
+    if layer != "X" and layer not in a.layers:
         raise FlagInputError(f"{path}: has no layer {layer!r}")
-    spots = [str(s) for s in a.obs_names]
+    if "spatial" not in a.obsm:
+        raise FlagInputError(f"{path}: no obsm['spatial'] spot coordinates")
+    truth = None
     if truth_path is None:
         if "truth" not in a.layers:
             raise FlagInputError(f"{path}: no layers['truth']; pass --truth TRUTH.h5ad")
-        truth = _dense(a.layers["truth"])
     else:
-        transform = str(info.get("transform", "log2p1"))
-        tmat, tspots = _truth_from_file(truth_path, genes, transform)
+        tmat, tspots = _truth_from_file(truth_path, genes, str(info.get("transform", "log2p1")), truth_scale)
         pos = {s: i for i, s in enumerate(tspots)}
-        keep = [i for i, s in enumerate(spots) if s in pos]
+        keep = [i for i, s in enumerate(a.obs_names) if s in pos]
         if not keep:
             raise FlagInputError(f"{truth_path}: shares no spot ids with {path}")
-        pred = pred[keep]
-        truth = tmat[[pos[spots[i]] for i in keep]]
+        truth = tmat[[pos[str(a.obs_names[i])] for i in keep]]
         a = a[keep]
-    if "spatial" not in a.obsm:
-        raise FlagInputError(f"{path}: no obsm['spatial'] spot coordinates")
-    coords = np.asarray(a.obsm["spatial"], dtype=np.float64)
-    ok = np.isfinite(truth).all(axis=0) & np.isfinite(pred).all(axis=0)
-    if ok.sum() < 2:
-        raise FlagInputError(f"{path}: fewer than 2 genes with finite prediction and truth")
-    if grid == "auto" and info.get("grid") in ("square", "hex"):
-        grid = str(info["grid"])
-    metrics = evaluate_slide(pred[:, ok], truth[:, ok], coords, grid=grid, genes=[g for g, o in zip(genes, ok) if o])
-    sid = str(info.get("sample_id") or Path(path).stem)
-    return sid, metrics
+    try:
+        metrics = evaluate_adata(a, layer=layer, truth=truth, grid=None if grid == "auto" else grid)
+    except FlagInputError as exc:
+        raise FlagInputError(f"{path}: {exc}") from None
+    return str(info.get("sample_id") or Path(path).stem), metrics, in_sample_note(info)
+
+
+def _row_names(paths) -> list[str]:
+    """Rows are named by file: the name, or more of the path where names repeat."""
+    names = [Path(p).name for p in paths]
+    if len(set(names)) < len(names) and len({str(p) for p in paths}) == len(paths):
+        names = [str(p) for p in paths]
+    seen: dict[str, int] = {}
+    for i, n in enumerate(names):  # the same file given twice
+        seen[n] = seen.get(n, 0) + 1
+        if seen[n] > 1:
+            names[i] = f"{n} ({seen[n]})"
+    return names
 
 
 def _cmd_evaluate(args) -> int:
-    from .metrics import format_table, jsonable, summarize
-
     truths = args.truth or []
     if truths and len(truths) not in (1, len(args.pred)) or (len(truths) == 1 and len(args.pred) > 1):
         raise FlagInputError(f"--truth: give one truth file per prediction ({len(args.pred)}), got {len(truths)}")
@@ -262,24 +273,19 @@ def _cmd_evaluate(args) -> int:
             raise FlagInputError(f"{out}: already exists (use --overwrite to replace it)")
         if not out.parent.is_dir():
             raise FlagInputError(f"{out.parent}: output folder does not exist")
-    per: dict = {}
-    for i, p in enumerate(args.pred):
-        sid, m = _evaluate_one(p, truths[i] if truths else None, args.grid, args.layer)
-        key, n = sid, 2
-        while key in per:
-            key, n = f"{sid}#{n}", n + 1
-        per[key] = m
+    per, slides = {}, {}
+    for name, (i, p) in zip(_row_names(args.pred), enumerate(args.pred)):
+        sid, m, note = _evaluate_one(p, truths[i] if truths else None, args.grid, args.layer, args.truth_scale)
+        if note:
+            print(f"{PROG}: note: {name}: {note}; its scores are not a held-out estimate", file=sys.stderr)
+        per[name], slides[name] = m, sid
     result = summarize(per)
+    result["sample_ids"] = slides
+    if len(set(slides.values())) < 2:  # files of one slide: a mean/std over them would mean nothing
+        result.pop("mean"), result.pop("std")
     print(format_table(result))
     if out is not None:
-        tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps(jsonable(result), indent=2) + "\n")
-            tmp.replace(out)
-        except OSError as exc:
-            raise FlagInputError(f"{out}: not written ({exc.strerror or exc})") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_text(out, json.dumps(jsonable(result), indent=2) + "\n")
     return 0
 
 
@@ -391,11 +397,16 @@ def build_parser() -> argparse.ArgumentParser:
                                    "one slide each; the table goes to stdout.")
     p.add_argument("pred", nargs="+", help="prediction .h5ad file(s) written by 'napari-flag predict'")
     p.add_argument("--truth", nargs="+", default=None,
-                   help="truth .h5ad per prediction (raw counts, or a file with layers['truth']); "
+                   help="truth .h5ad per prediction (counts in layers['counts'], .raw or X, a log-scale X, "
+                        "or a prediction file with layers['truth']); "
                         "default: each prediction's layers['truth']")
     p.add_argument("--grid", choices=("auto", "square", "hex"), default="auto",
                    help="spot lattice for Moran's I (auto: from the file, else inferred)")
     p.add_argument("--layer", default="X", help="what to evaluate: X (mean) or a layer such as 'sample'")
+    p.add_argument("--truth-scale", choices=("auto", "counts", "target"), default="auto",
+                   help="scale of --truth's values: counts (transformed like the prediction), target "
+                        "(already on its scale); auto: layers['counts'], .raw or an integer X are counts, "
+                        "a non-integer X is on the target scale")
     p.add_argument("--json", default=None, metavar="OUT.json", help="also write the metrics as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.json if it exists")
     p.set_defaults(func=_cmd_evaluate)

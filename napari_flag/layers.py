@@ -79,14 +79,18 @@ def get_sample(key: str | None):
     return _SAMPLES.get(key) if key else None
 
 
-def register_prediction(adata, sample_key: str | None = None) -> str:
-    """Keep a prediction AnnData for the session and return its key."""
+def forget_sample(key: str) -> None:
+    """Drop a sample from the registry (the viewer shows none of its layers any more)."""
+    with _lock:
+        _SAMPLES.pop(key, None)
+
+
+def register_prediction(adata) -> str:
+    """Keep a prediction AnnData while its layers are shown and return its key."""
     sid = str(adata.uns.get("flag", {}).get("sample_id", "pred")) if hasattr(adata, "uns") else "pred"
     with _lock:
         key = f"pred:{sid}#{next(_counter)}"
         _PREDICTIONS[key] = adata
-    if sample_key:
-        adata.uns.setdefault("napari_flag", {})["sample_key"] = sample_key
     return key
 
 

@@ -20,14 +20,17 @@ Conventions chosen here (the method notes leave them open):
   (up-regulated in the cluster), ties broken by gene order.  ``k=20``.
 * ``summarize`` reports NaN-ignoring mean and population std (``ddof=0``).
 
-Spatial weights (:func:`grid_weights`) are k-nearest-neighbour graphs on the
+Spatial weights, one rule everywhere (:func:`spatial_weights`; the Metrics and
+Moran's I panels, ``napari-flag evaluate``, validation during training and the
+benchmarks all call :func:`evaluate`): the array lattice
+(``obs['array_row']``/``['array_col']``, see :func:`lattice_coords`) when the
+slide records it, else the spot centres in pixels.  The weights
+(:func:`grid_weights`) are k-nearest-neighbour graphs on the
 spot lattice (4 for square legacy ST, 6 for hexagonal Visium), keeping only
 edges shorter than 1.3 x the median kNN edge length, row-standardised.  The
 graph is directed (j in kNN(i) gives the edge i -> j) and is not symmetrised.
 Coordinates must be isotropic (pixels, microns, or lattice positions from
-:func:`lattice_coords`); raw Visium ``(array_row, array_col)`` are not.  Use
-:func:`grid_coords` to get the array-grid positions of a slide: on legacy ST
-the pixel positions jitter enough that a few diagonals survive the cut.
+:func:`lattice_coords`); raw Visium ``(array_row, array_col)`` are not.
 """
 from __future__ import annotations
 
@@ -52,7 +55,6 @@ __all__ = [
     "infer_grid",
     "grid_weights",
     "lattice_coords",
-    "grid_coords",
     "morans_i",
     "local_morans_i",
     "ssc",
@@ -61,6 +63,11 @@ __all__ = [
     "wilcoxon_scores",
     "deg_overlap",
     "evaluate_slide",
+    "spatial_weights",
+    "array_rc",
+    "evaluate",
+    "evaluate_adata",
+    "in_sample_note",
     "summarize",
     "format_table",
     "jsonable",
@@ -291,28 +298,40 @@ def lattice_coords(array_row, array_col, grid: str) -> np.ndarray:
     raise ValueError(f"grid must be 'square' or 'hex', got {grid!r}")
 
 
-def grid_coords(adata, grid: str | None = None) -> tuple[np.ndarray, str]:
-    """Positions to build the SSC weights from, and the lattice: ``(coords, grid)``.
-
-    Prefers the array grid (``obs["array_row"]``, ``obs["array_col"]``), which
-    is what the SSC definition uses: legacy ST pixel positions are refined
-    spot detections that jitter by up to ~15 % of the pitch, enough for some
-    diagonals to pass the 1.3 x median cut.  Without a grid ``grid`` is
-    inferred from index parity (Visium's ``row + col`` is always even; a square
-    array mixes parities).  Falls back to ``obsm["spatial"]`` with ``grid`` or
-    ``"auto"``.
-    """
+def array_rc(adata) -> np.ndarray | None:
     obs = adata.obs
     if "array_row" in obs and "array_col" in obs:
-        r = np.asarray(obs["array_row"], dtype=np.float64)
-        c = np.asarray(obs["array_col"], dtype=np.float64)
-        if np.isfinite(r).all() and np.isfinite(c).all() and r.size:
-            if grid not in GRID_K:
-                par = (r + c).astype(np.int64) % 2
-                grid = "hex" if r.size > 1 and np.all(par == par[0]) else "square"
-            return lattice_coords(r, c, grid), grid
-    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
-    return xy, grid if grid in GRID_K else "auto"
+        rc = np.column_stack([np.asarray(obs["array_row"], np.float64), np.asarray(obs["array_col"], np.float64)])
+        if rc.size and np.isfinite(rc).all():
+            return rc
+    return None
+
+
+def _lattice_of(array_rc: np.ndarray) -> str:
+    """Visium's ``row + col`` is always even; a square array mixes parities."""
+    par = (array_rc[:, 0] + array_rc[:, 1]).astype(np.int64) % 2
+    return "hex" if par.size > 1 and np.all(par == par[0]) else "square"
+
+
+def spatial_weights(coords, array_rc=None, grid: str | None = None) -> tuple[sp.csr_matrix, str]:
+    """The SSC weights of a slide and its lattice kind: ``(W, grid)``.
+
+    The one rule: on the array lattice when ``array_rc`` (array row, col) is
+    known, which is what the SSC definition uses (legacy ST pixel positions are
+    refined spot detections that jitter by up to ~15 % of the pitch, enough for
+    some diagonals to pass the 1.3 x median cut); else on the spot centres
+    ``coords`` (pixels).  ``grid`` (``"square"``/``"hex"``) is inferred when not
+    given: from index parity on the lattice, else from the positions.
+    """
+    if array_rc is not None:
+        rc = np.asarray(array_rc, dtype=np.float64)
+        if grid not in GRID_K:
+            grid = _lattice_of(rc)
+        return grid_weights(lattice_coords(rc[:, 0], rc[:, 1], grid), grid), grid
+    c = _as_coords(coords)
+    if grid not in GRID_K:
+        grid = infer_grid(c)
+    return grid_weights(c, grid), grid
 
 
 # --------------------------------------------------------------------------- Moran's I
@@ -556,6 +575,64 @@ def evaluate_slide(
     return out, details
 
 
+def evaluate(pred, truth, coords, array_rc=None, grid: str | None = None, genes: Sequence[str] | None = None,
+             seed: int = 0, return_details: bool = False):
+    """Metrics of one slide: the function every caller uses (widgets, CLI, validation, benchmarks).
+
+    Genes without a finite truth or prediction on every spot (panel genes the
+    slide does not measure) are left out; fewer than two left is an error.
+    Weights follow :func:`spatial_weights`.  With ``return_details`` returns
+    ``(metrics, details)``: per-gene ``pcc``, ``moran_true``, ``moran_pred``,
+    ``mean_true``, ``mean_pred`` over the kept ``genes``, the mask ``kept``
+    (over the input genes), the weights ``W`` and the ``grid``.
+    """
+    p, t = _pair(pred, truth)
+    ok = np.isfinite(t).all(axis=0) & np.isfinite(p).all(axis=0)
+    if ok.sum() < 2:
+        from .errors import FlagInputError
+
+        raise FlagInputError("fewer than two panel genes have a measured and a predicted value on every spot")
+    names = list(genes) if genes is not None else [str(i) for i in range(t.shape[1])]
+    if len(names) != t.shape[1]:
+        raise ValueError(f"{len(names)} gene names for {t.shape[1]} genes")
+    W, grid = spatial_weights(coords, array_rc, grid)
+    kept = [g for g, o in zip(names, ok) if o]
+    metrics, det = evaluate_slide(p[:, ok], t[:, ok], None, genes=kept, seed=seed, weights=W, return_details=True)
+    if not return_details:
+        return metrics
+    det.update(genes=kept, kept=ok, W=W, grid=grid, mean_true=t[:, ok].mean(axis=0), mean_pred=p[:, ok].mean(axis=0))
+    return metrics, det
+
+
+def evaluate_adata(adata, layer: str = "X", truth=None, grid: str | None = None, seed: int = 0,
+                   return_details: bool = False):
+    """:func:`evaluate` on a prediction AnnData (``napari-flag predict``'s layout).
+
+    ``layer``: ``"X"`` (the mean) or a layer such as ``"sample"``; ``truth``:
+    a (spots, genes) matrix on the target scale, default ``layers['truth']``.
+    The lattice comes from ``obs['array_row'/'array_col']``; ``grid`` defaults
+    to the one recorded in ``uns['flag']``.
+    """
+    def dense(M):
+        return np.asarray(M.toarray() if sp.issparse(M) else M, dtype=np.float64)
+
+    pred = dense(adata.X if layer == "X" else adata.layers[layer])
+    truth = dense(adata.layers["truth"] if truth is None else truth)
+    info = adata.uns.get("flag", {}) if hasattr(adata.uns.get("flag", {}), "get") else {}
+    if grid not in GRID_K and info.get("grid") in GRID_K:
+        grid = str(info["grid"])
+    coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
+    return evaluate(pred, truth, coords, array_rc(adata), grid, genes=[str(g) for g in adata.var_names],
+                    seed=seed, return_details=return_details)
+
+
+def in_sample_note(info) -> str | None:
+    """The warning an evaluation of a training slide carries (its scores say little about new slides)."""
+    if info is not None and hasattr(info, "get") and bool(info.get("in_training_set", False)):
+        return f"{info.get('sample_id') or 'this slide'} was in this model's training set"
+    return None
+
+
 def summarize(per_slide: Mapping[str, Mapping[str, float]]) -> dict:
     """``{"slides": {id: metrics}, "mean": {...}, "std": {...}}`` over slides.
 
@@ -599,13 +676,13 @@ def _fmt(v) -> str:
 
 
 def format_table(result: Mapping) -> str:
-    """Plain-text table: one row per slide plus ``mean`` and ``std`` rows.
+    """Plain-text table: one row per slide plus ``mean`` and ``std`` rows (when present).
 
     Accepts a :func:`summarize` result or a single :func:`evaluate_slide` dict.
     """
-    if "slides" in result and "mean" in result:
+    if "slides" in result:
         rows = [(str(k), v) for k, v in result["slides"].items()]
-        extra = [("mean", result["mean"]), ("std", result.get("std", {}))]
+        extra = [(k, result[k]) for k in ("mean", "std") if k in result]
     else:
         rows, extra = [("slide", result)], []
     keys = [k for k in METRIC_KEYS if any(k in d for _, d in rows + extra)]

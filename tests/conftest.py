@@ -18,18 +18,25 @@ os.environ.setdefault("NAPARI_FLAG_DATA_DIR", str(HER2ST))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def _shared(path: Path, what: str) -> Path:
+    """A folder of ../shared/data; missing: a skip on a developer's machine, a failure in CI
+    (where a skip would turn the real-data tests green without running them)."""
+    if not path.is_dir():
+        msg = f"shared {what} not found at {path}"
+        if os.environ.get("CI"):
+            pytest.fail(msg + " (CI is set: real-data tests must run)", pytrace=False)
+        pytest.skip(msg)
+    return path
+
+
 @pytest.fixture(scope="session")
 def her2st_dir() -> Path:
-    if not HER2ST.is_dir():
-        pytest.skip(f"shared HER2ST data not found at {HER2ST}")
-    return HER2ST
+    return _shared(HER2ST, "HER2ST data")
 
 
 @pytest.fixture(scope="session")
 def visium_dir() -> Path:
-    if not VISIUM.is_dir():
-        pytest.skip(f"shared Visium fixture not found at {VISIUM}")
-    return VISIUM
+    return _shared(VISIUM, "Visium fixture")
 
 
 @pytest.fixture(scope="module")

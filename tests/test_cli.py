@@ -141,16 +141,18 @@ def test_evaluate_cli_matches_independent_metrics(pred_file, tmp_path, capsys):
     js = tmp_path / "m.json"
     assert main(["evaluate", str(pred_file), "--json", str(js)]) == 0
     table = capsys.readouterr().out
-    assert "PCC" in table and "GSC-CCC" in table and "C2" in table and "mean" in table
+    assert "PCC" in table and "GSC-CCC" in table and pred_file.name in table
+    assert "mean" not in table  # one slide: no mean/std rows
     res = json.loads(js.read_text())
-    assert set(res) == {"slides", "mean", "std"}
-    m = res["slides"]["C2"]
+    assert set(res) == {"slides", "sample_ids"} and res["sample_ids"] == {pred_file.name: "C2"}
+    m = res["slides"][pred_file.name]
     assert set(m) == {"PCC", "PCC-10", "PCC-50", "MSE", "MAE", "GSC", "GSC-CCC", "SSC", "ARI", "NMI", "DEG"}
     a = ad.read_h5ad(pred_file)
-    ref = _independent_metrics(np.asarray(a.X, float), np.asarray(a.layers["truth"], float), a.obsm["spatial"])
+    # SSC is defined on the array lattice (the file has array_row/array_col): (col, row) for legacy ST
+    lattice = np.column_stack([a.obs["array_col"], a.obs["array_row"]]).astype(float)
+    ref = _independent_metrics(np.asarray(a.X, float), np.asarray(a.layers["truth"], float), lattice)
     for k, v in ref.items():
         assert m[k] == pytest.approx(v, abs=1e-4), k
-    assert res["mean"]["PCC"] == pytest.approx(m["PCC"])
 
 
 def test_evaluate_cli_several_files_and_truth_file(pred_file, tmp_path, capsys):
@@ -165,12 +167,14 @@ def test_evaluate_cli_several_files_and_truth_file(pred_file, tmp_path, capsys):
     assert main(["evaluate", str(pred_file), "--json", str(j1)]) == 0
     assert main(["evaluate", str(pred_file), "--truth", str(counts), "--json", str(j2), "--grid", "square"]) == 0
     a, b = json.loads(j1.read_text()), json.loads(j2.read_text())
+    name = pred_file.name
     for k in ("PCC", "MSE", "GSC", "SSC"):
-        assert a["slides"]["C2"][k] == pytest.approx(b["slides"]["C2"][k], abs=1e-6)
+        assert a["slides"][name][k] == pytest.approx(b["slides"][name][k], abs=1e-6)
     j3 = tmp_path / "c.json"
     assert main(["evaluate", str(pred_file), str(pred_file), "--json", str(j3)]) == 0
     c = json.loads(j3.read_text())
-    assert list(c["slides"]) == ["C2", "C2#2"] and c["std"]["PCC"] == pytest.approx(0.0, abs=1e-12)
+    # rows named by file; two files of one slide get no mean/std across them
+    assert list(c["slides"]) == [name, f"{name} (2)"] and "std" not in c
     assert main(["evaluate", str(pred_file), "--layer", "sample"]) == 0
     capsys.readouterr()
 
@@ -220,3 +224,69 @@ def test_predict_without_default_model(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(ckmod, "default_checkpoint_path", lambda: tmp_path / "flag_default.pt")
     _fails(capsys, ["predict", "her2st:C2", "--out", str(tmp_path / "o.h5ad")],
            "no bundled default model yet; pass --checkpoint")
+
+
+# ----------------------------------------------------------------------------- truth scale
+def test_truth_as_counts_or_log_scale_gives_identical_metrics(pred_file, tmp_path, capsys):
+    """A scanpy user's file (log-scale X, counts in layers['counts']), the bare counts and the
+    log-scale X alone are the same truth: the metrics must not depend on which one is given."""
+    import anndata as ad
+    import scanpy as sc
+
+    from napari_flag.data import load_sample
+
+    s = load_sample("her2st:C2")
+    counts = ad.AnnData(X=s.adata.X.copy(), obs=s.adata.obs[[]], var=s.adata.var[[]])
+    files = {"counts": tmp_path / "counts.h5ad", "scanpy": tmp_path / "scanpy.h5ad", "log": tmp_path / "log.h5ad",
+             "raw": tmp_path / "raw.h5ad"}
+    counts.write_h5ad(files["counts"])
+    log = counts.copy()  # X on the prediction's scale, log2(1 + count), nothing else
+    log.X = np.log2(1.0 + log.X.toarray())
+    log.write_h5ad(files["log"])
+    user = counts.copy()  # scanpy's habit: counts kept in a layer, X normalised and log1p'd
+    user.layers["counts"] = user.X.copy()
+    sc.pp.normalize_total(user, target_sum=1e4)
+    sc.pp.log1p(user)
+    user.write_h5ad(files["scanpy"])
+    raw = user.copy()  # counts in .raw instead of a layer
+    del raw.layers["counts"]
+    raw.raw = counts
+    raw.write_h5ad(files["raw"])
+    res = {}
+    for k, f in files.items():
+        js = tmp_path / f"{k}.json"
+        assert main(["evaluate", str(pred_file), "--truth", str(f), "--json", str(js)]) == 0
+        res[k] = json.loads(js.read_text())["slides"][pred_file.name]
+    err = capsys.readouterr().err
+    assert "log.h5ad: X is not integer counts" in err and "taken as already on the target scale" in err
+    for k in ("scanpy", "log", "raw"):
+        for metric, v in res["counts"].items():
+            assert res[k][metric] == pytest.approx(v, abs=1e-5), (k, metric)
+    # forcing the scale: counts read as target values give other (wrong) metrics, on purpose
+    js = tmp_path / "forced.json"
+    assert main(["evaluate", str(pred_file), "--truth", str(files["counts"]), "--truth-scale", "target",
+                 "--json", str(js)]) == 0
+    assert json.loads(js.read_text())["slides"][pred_file.name]["MSE"] != pytest.approx(res["counts"]["MSE"])
+
+
+def test_prediction_runs_without_training_code(run_dir, tmp_path):
+    """The prediction path must not import napari_flag.training (a user predicting needs no trainer)."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+class Block:
+    def find_spec(self, name, path=None, target=None):
+        if name == "napari_flag.training" or name.startswith("napari_flag.training."):
+            raise ImportError("training code is blocked in this test")
+sys.meta_path.insert(0, Block())
+from napari_flag.cli import main
+rc = main(["predict", "her2st:C2", "--out", {str(tmp_path / 'p.h5ad')!r}, "--checkpoint",
+           {str(run_dir / 'run' / 'last.pt')!r}, "--steps", "2", "--samples", "1", "--device", "cpu", "--quiet"])
+assert "napari_flag.training" not in sys.modules
+sys.exit(rc)
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "p.h5ad").is_file()

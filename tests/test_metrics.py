@@ -154,22 +154,25 @@ def test_grid_square_her2st(c2):
     assert shared / c2["W"].nnz > 0.9
 
 
-def test_grid_coords_from_obs(c2, visium):
+def test_spatial_weights_rule_lattice_then_pixels(c2, visium):
+    """The one SSC weights rule: the array lattice when the slide has it, else pixel positions."""
     import anndata as ad
 
     n = c2["arr"].shape[0]
     a = ad.AnnData(obs=pd.DataFrame({"array_row": c2["arr"][:, 1], "array_col": c2["arr"][:, 0]}, index=[str(i) for i in range(n)]))
     a.obsm["spatial"] = c2["px"]
-    xy, grid = M.grid_coords(a)
-    assert grid == "square" and np.array_equal(xy, c2["arr"])
+    rc = M.array_rc(a)
+    W, grid = M.spatial_weights(c2["px"], rc)
+    assert grid == "square" and (W != M.grid_weights(c2["arr"], "square")).nnz == 0
     row, col, px = visium
     v = ad.AnnData(obs=pd.DataFrame({"array_row": row, "array_col": col}, index=[str(i) for i in range(len(row))]))
     v.obsm["spatial"] = px
-    xy, grid = M.grid_coords(v)
-    assert grid == "hex" and M.infer_grid(xy) == "hex"
+    W, grid = M.spatial_weights(px, M.array_rc(v))
+    assert grid == "hex" and (W != M.grid_weights(M.lattice_coords(row, col, "hex"), "hex")).nnz == 0
     del v.obs["array_row"]
-    xy, grid = M.grid_coords(v)
-    assert grid == "auto" and np.array_equal(xy, px)
+    assert M.array_rc(v) is None
+    W, grid = M.spatial_weights(px, None)
+    assert grid == "hex" and (W != M.grid_weights(px, "hex")).nnz == 0
 
 
 @pytest.fixture(scope="module")

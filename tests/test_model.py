@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from napari_flag.graph import build_spatial_graph
-from napari_flag.model import EDM, FlagConfig, FlagModel
+from napari_flag.model import EDM, FlagConfig, FlagModel, sample_expression
 
 S, G, D, DE = 48, 12, 16, 10
 
@@ -56,7 +56,7 @@ def _is_pyg(m: torch.nn.Module) -> bool:
 def test_forward_backward_shapes(toy):
     torch.manual_seed(0)
     m = FlagModel(tiny(), G, D, gene_prior=toy["prior"], prior_mask=toy["mask"])
-    assert m.has_graph and m.has_align and m.cfg.align_dim == DE
+    assert m.has_graph and m.has_align and m.align_dim == DE
     h = m.encode_slide(toy["feats"], toy["graph"])
     assert h.shape == (S, m.cfg.cond_dim)
     out = m.loss(toy["x0"], h)
@@ -118,7 +118,7 @@ def test_sample_contract(toy):
     _train(m, toy, steps=10)
     h = m.encode_slide(toy["feats"], toy["graph"]).detach()
     calls = []
-    out = m.sample(h, steps=3, samples=4, return_samples=True, progress=lambda d, t: calls.append((d, t)),
+    out = sample_expression(m, h, steps=3, samples=4, return_samples=True, progress=lambda d, t: calls.append((d, t)),
                    generator=torch.Generator().manual_seed(1))
     assert out["mean"].shape == (S, G) and out["std"].shape == (S, G)
     assert out["samples"].shape == (4, S, G)
@@ -129,27 +129,27 @@ def test_sample_contract(toy):
     assert m.training  # sampling restores the training flag
 
     # no samples kept unless asked
-    assert m.sample(h, steps=2, samples=2)["samples"] is None
+    assert sample_expression(m, h, steps=2, samples=2)["samples"] is None
 
     # seeded generator -> identical; chunking does not change the result
-    a = m.sample(h, steps=2, samples=3, generator=torch.Generator().manual_seed(7))
-    b = m.sample(h, steps=2, samples=3, generator=torch.Generator().manual_seed(7), chunk_rows=9)
+    a = sample_expression(m, h, steps=2, samples=3, generator=torch.Generator().manual_seed(7))
+    b = sample_expression(m, h, steps=2, samples=3, generator=torch.Generator().manual_seed(7), chunk_rows=9)
     torch.testing.assert_close(a["mean"], b["mean"])
     torch.testing.assert_close(a["std"], b["std"])
-    c = m.sample(h, steps=2, samples=3, generator=torch.Generator().manual_seed(8))
+    c = sample_expression(m, h, steps=2, samples=3, generator=torch.Generator().manual_seed(8))
     assert not torch.allclose(a["mean"], c["mean"])
 
     # temperature scales the initial noise: at 0 every sample starts (and ends) alike
-    cold = m.sample(h, steps=2, samples=3, temperature=0.0)
+    cold = sample_expression(m, h, steps=2, samples=3, temperature=0.0)
     assert (cold["std"] == 0).all()
-    hot = m.sample(h, steps=2, samples=3, temperature=1.0, generator=torch.Generator().manual_seed(7))
+    hot = sample_expression(m, h, steps=2, samples=3, temperature=1.0, generator=torch.Generator().manual_seed(7))
     assert hot["std"].mean() > 0
 
     # one sample -> zero std; Euler and one-step paths work
-    one = m.sample(h, steps=2, samples=1)
+    one = sample_expression(m, h, steps=2, samples=1)
     assert (one["std"] == 0).all()
     for solver, steps in (("euler", 3), ("heun", 1), ("dpm2m", 3)):
-        r = m.sample(h, steps=steps, samples=2, solver=solver)
+        r = sample_expression(m, h, steps=steps, samples=2, solver=solver)
         assert torch.isfinite(r["mean"]).all()
 
 
@@ -160,12 +160,12 @@ def test_sample_clipping(toy):
     lo = torch.full((G,), -0.1)
     hi = torch.full((G,), 0.2)
     lo[0] = -5.0
-    out = m.sample(h, steps=2, samples=3, return_samples=True, clip_min=lo, clip_max=hi,
+    out = sample_expression(m, h, steps=2, samples=3, return_samples=True, clip_min=lo, clip_max=hi,
                    generator=torch.Generator().manual_seed(0))
     s = out["samples"]
     assert (s >= lo - 1e-6).all() and (s <= hi + 1e-6).all()
     assert (out["mean"] >= lo - 1e-6).all()
-    only_min = m.sample(h, steps=2, samples=2, clip_min=lo)
+    only_min = sample_expression(m, h, steps=2, samples=2, clip_min=lo)
     assert (only_min["mean"] >= lo - 1e-6).all()
 
 
@@ -174,11 +174,11 @@ def test_regression_sampling(toy):
     m = FlagModel(tiny(mode="regression"), G, D)
     _train(m, toy, steps=5)
     h = m.encode_slide(toy["feats"], toy["graph"]).detach()
-    out = m.sample(h, steps=4, samples=3, return_samples=True)
+    out = sample_expression(m, h, steps=4, samples=3, return_samples=True)
     assert (out["std"] == 0).all()
     assert out["samples"].shape == (3, S, G)
     torch.testing.assert_close(out["samples"][1], out["mean"])
-    torch.testing.assert_close(out["mean"], m.sample(h, steps=1, samples=1)["mean"])
+    torch.testing.assert_close(out["mean"], sample_expression(m, h, steps=1, samples=1)["mean"])
 
 
 def test_ablation_switches_change_structure(toy):
@@ -225,7 +225,7 @@ def test_cond_dropout_guidance(toy):
     assert m.null_cond is not None
     _train(m, toy, steps=3)
     h = m.encode_slide(toy["feats"], toy["graph"]).detach()
-    assert torch.isfinite(m.sample(h, steps=2, samples=2)["mean"]).all()
+    assert torch.isfinite(sample_expression(m, h, steps=2, samples=2)["mean"]).all()
 
 
 def test_feature_stats_and_state_roundtrip(toy):
@@ -280,7 +280,10 @@ def test_edm_schedule():
     # preconditioning identities
     s = torch.tensor([0.1, 1.0, 10.0])
     c_skip, c_out, c_in, _ = edm.precond(s)
-    torch.testing.assert_close(c_skip + (c_out / s) ** 2 * 0 + c_out**2 / edm.sigma_data**2 * 0, c_skip)
+    sd2 = edm.sigma_data**2
+    torch.testing.assert_close(c_skip, sd2 / (s**2 + sd2))
+    torch.testing.assert_close(c_skip + c_out**2 / sd2, torch.ones(3))  # D keeps unit variance split
+    torch.testing.assert_close(c_out, s * edm.sigma_data / (s**2 + sd2).sqrt())
     torch.testing.assert_close(c_in**2 * (s**2 + 1), torch.ones(3))
     torch.testing.assert_close(edm.loss_weight(s) * c_out**2, torch.ones(3))
 
@@ -320,18 +323,18 @@ def test_antithetic_pairs(toy, monkeypatch):
     # an identity "solver" exposes the initial noise as the samples
     monkeypatch.setattr(m.edm, "sample", lambda denoise, x, *a, **k: x)
     gen = lambda: torch.Generator().manual_seed(3)  # noqa: E731
-    out = m.sample(h, samples=4, antithetic=True, return_samples=True, generator=gen(), temperature=1.0)
+    out = sample_expression(m, h, samples=4, antithetic=True, return_samples=True, generator=gen(), temperature=1.0)
     x = out["samples"]
     torch.testing.assert_close(x[2:], -x[:2])
     torch.testing.assert_close(out["mean"], torch.zeros(S, G))
     torch.testing.assert_close(out["std"], x.std(0, unbiased=False))  # population std for pairs
-    ind = m.sample(h, samples=4, antithetic=False, return_samples=True, generator=gen(), temperature=1.0)
+    ind = sample_expression(m, h, samples=4, antithetic=False, return_samples=True, generator=gen(), temperature=1.0)
     assert not torch.allclose(ind["samples"][2:], -ind["samples"][:2])
     torch.testing.assert_close(ind["std"], ind["samples"].std(0, unbiased=True))
     # odd counts keep one unpaired sample; one sample is never paired
-    odd = m.sample(h, samples=3, antithetic=True, return_samples=True, generator=gen(), temperature=1.0)
+    odd = sample_expression(m, h, samples=3, antithetic=True, return_samples=True, generator=gen(), temperature=1.0)
     torch.testing.assert_close(odd["samples"][2], -odd["samples"][0])
-    assert m.sample(h, samples=1, antithetic=True, return_samples=True)["samples"].shape[0] == 1
+    assert sample_expression(m, h, samples=1, antithetic=True, return_samples=True)["samples"].shape[0] == 1
 
 
 def test_cpu_preset_timing():
@@ -352,7 +355,7 @@ def test_cpu_preset_timing():
             m.denoise(x, sig, h)
         fwd = (time.perf_counter() - t) / 3
         t = time.perf_counter()
-        out = m.sample(h)
+        out = sample_expression(m, h)
         smp = time.perf_counter() - t
     nfe = EDM.nfe(cfg.sample_steps, cfg.sample_solver) * cfg.sample_count
     print(
@@ -362,17 +365,11 @@ def test_cpu_preset_timing():
     assert out["mean"].shape == (n_spots, n_genes)
 
 
-def test_real_data_smoke():
-    """20 training steps on real HER2ST counts (random features) when the data layer is available."""
-    try:
-        from napari_flag.data import load_sample
-        from napari_flag.errors import FlagInputError
-    except ImportError:
-        pytest.skip("napari_flag.data.load_sample not available yet")
-    try:
-        sample = load_sample("her2st:C2")
-    except (NotImplementedError, FileNotFoundError, FlagInputError) as e:
-        pytest.skip(f"her2st:C2 not loadable here: {e}")
+def test_real_data_smoke(her2st_dir):
+    """20 training steps on real HER2ST counts (random features)."""
+    from napari_flag.data import load_sample
+
+    sample = load_sample("her2st:C2")
     X = sample.adata.X
     X = np.asarray(X.todense() if hasattr(X, "todense") else X, dtype=np.float64)
     top = np.argsort(-X.mean(0))[:50]
@@ -392,5 +389,5 @@ def test_real_data_smoke():
         out["loss"].backward()
         opt.step()
         assert torch.isfinite(out["loss"])
-    res = m.sample(m.encode_slide(feats, graph).detach(), steps=2, samples=2)
+    res = sample_expression(m, m.encode_slide(feats, graph).detach(), steps=2, samples=2)
     assert res["mean"].shape == (n, 50) and torch.isfinite(res["mean"]).all()

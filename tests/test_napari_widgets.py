@@ -48,7 +48,7 @@ def tiny_ckpt(her2st_dir, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def c2_result(tiny_ckpt):
     """A real prediction of C2 (for the widgets that only display one)."""
-    from napari_flag.predict import predict_sample
+    from napari_flag.inference import predict_sample
 
     return predict_sample("her2st:C2", checkpoint=tiny_ckpt, steps=2, samples=2, device="cpu",
                           feature_cache=str(FEATURE_DIR))
@@ -306,7 +306,7 @@ def test_gene_maps_as_images_on_large_slides(make_napari_viewer, qtbot, c2_resul
     w.session.set_gene(g2)
     from napari_flag.widgets import _analysis
 
-    want = _analysis.local_moran(w.session.prediction_key, g2)["lisa_truth"]
+    want = _analysis.local_moran(w.session, w.session.prediction_key, g2)["lisa_truth"]
     pts = roles(viewer)["lisa_truth"]
     ij = np.rint([lisa["lisa_truth"].world_to_data(pts.data_to_world(p)) for p in pts.data]).astype(int)
     np.testing.assert_allclose(lisa["lisa_truth"].data[ij[:, 0], ij[:, 1]], want, rtol=1e-5, atol=1e-6)
@@ -347,7 +347,7 @@ def test_metrics_table_drives_gene(make_napari_viewer, qtbot, c2_result):
 
 
 def test_morans_scatter_and_local_maps(make_napari_viewer, qtbot, c2_result):
-    from napari_flag.metrics import evaluate_slide, grid_coords
+    from napari_flag.metrics import evaluate_adata
 
     viewer = make_napari_viewer()
     with_prediction(viewer, c2_result)
@@ -356,8 +356,7 @@ def test_morans_scatter_and_local_maps(make_napari_viewer, qtbot, c2_result):
         pass
     title = w.scatter.ax.get_title()
     assert title.startswith("SSC = ")
-    coords, grid = grid_coords(c2_result, "square")
-    m = evaluate_slide(np.asarray(c2_result.X), c2_result.layers["truth"], coords, grid=grid)
+    m = evaluate_adata(c2_result)
     assert float(title.split("=")[1].split()[0]) == pytest.approx(m["SSC"], abs=1e-3)
     g = w.scatter.genes[2]
     w.scatter.pick_index(2)  # = clicking that dot
@@ -460,3 +459,28 @@ def test_demo_docks_everything(make_napari_viewer):
     docked = set(viewer.window.dock_widgets)
     for name, _ in DEMO_WIDGETS:
         assert any(name in d for d in docked), name
+
+
+def test_metrics_widget_and_cli_report_identical_metrics(make_napari_viewer, qtbot, c2_result, tmp_path, capsys):
+    """One evaluation function: the Metrics panel shows what ``napari-flag evaluate`` prints."""
+    import json
+
+    from napari_flag.cli import main
+    from napari_flag.inference import write_prediction
+
+    f = write_prediction(c2_result, tmp_path / "C2.h5ad")
+    js = tmp_path / "m.json"
+    assert main(["evaluate", str(f), "--json", str(js)]) == 0
+    cli = json.loads(js.read_text())["slides"]["C2.h5ad"]
+    viewer = make_napari_viewer()
+    with_prediction(viewer, c2_result)
+    w = dock(viewer, "Metrics")
+    with qtbot.waitSignal(w.computed, timeout=60_000):
+        w.compute(force=True)
+    from napari_flag.widgets.metrics import SUMMARY_ROWS
+
+    shown = {k: w.summary.item(i, 1).text() for i, (k, _) in enumerate(SUMMARY_ROWS)}
+    for k, v in cli.items():
+        assert shown[k] == f"{v:.3f}", k
+    ev = w.session.evaluations[w.session.prediction_key]
+    assert ev["metrics"] == pytest.approx(cli, abs=1e-9)

@@ -123,15 +123,29 @@ def test_panel_matrix_and_missing_genes(adatas):
     np.testing.assert_array_equal(panel_matrix(dense, genes), M)
 
 
-def test_gene_panel_serialisation(adatas):
-    p = GenePanel.select(adatas, 30, transform="log1p")
-    assert len(p) == 30 and p.transform == "log1p" and p.method == "hmhvg"
-    d = json.loads(json.dumps(p.to_dict()))
-    q = GenePanel.from_dict(d)
+def test_gene_panel_standardisation(adatas):
+    genes = select_hmhvg(adatas[:3], 30)
+    p = GenePanel.fit(adatas[:3], genes, transform="log1p")
+    assert len(p) == 30 and p.transform == "log1p" and p.genes == tuple(genes)
+    y = np.concatenate([panel_matrix(a, genes, "log1p") for a in adatas[:3]])
+    np.testing.assert_allclose(p.mean, y.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(p.std, np.maximum(y.std(0), 1e-3), rtol=1e-5)
+    truth, ok = p.targets(adatas[3])
+    assert ok.all() and truth.shape == (adatas[3].n_obs, 30)
+    z = p.standardise(truth)
+    np.testing.assert_allclose(p.to_target(z), truth, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(p.to_target(np.full_like(z, -1e3)), 0.0)  # clipped at a zero count
+    np.testing.assert_allclose(p.floor * p.std + p.mean, 0.0, atol=1e-5)
+    # a slide lacking a gene: NaN truth column, standardised to the panel mean (0)
+    lacking = adatas[3][:, [g for g in adatas[3].var_names if g != genes[0]]]
+    t2, ok2 = p.targets(lacking)
+    assert not ok2[0] and ok2[1:].all() and np.isnan(t2[:, 0]).all()
+    assert (p.standardise(t2)[:, 0] == 0).all()
+    q = GenePanel.from_checkpoint({"genes": list(genes), "transform": "log1p", "mean": p.mean, "std": p.std})
     assert q == p
-    np.testing.assert_array_equal(q.matrix(adatas[1]), panel_matrix(adatas[1], p.genes, "log1p"))
-    np.testing.assert_allclose(q.inverse(q.matrix(adatas[1])), adatas[1][:, p.genes].X.toarray(), rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError):
-        GenePanel(["A", "A"])
+        GenePanel(("A", "A"))
     with pytest.raises(ValueError):
-        GenePanel(["A"], transform="bogus")
+        GenePanel(("A",), transform="bogus")
+    with pytest.raises(ValueError):
+        GenePanel(("A", "B"), mean=np.zeros(3))

@@ -43,7 +43,7 @@ def c2(her2st_dir):
 
 
 def _run(sample, ckpt, **kw):
-    from napari_flag.predict import iter_predict
+    from napari_flag.inference import iter_predict
 
     kw.setdefault("feature_cache", str(FEATURE_DIR))
     kw.setdefault("device", "cpu")
@@ -55,17 +55,19 @@ def test_iter_predict_events_and_result(ckpt, c2):
     from napari_flag.checkpoint import load_checkpoint
     from napari_flag.data.panel import panel_matrix
 
-    progress, last = _run(c2, ckpt, steps=3, samples=2)
-    assert last[0] == "result"
-    assert all(e[0] == "progress" and len(e) == 4 and 0 <= e[1] <= e[2] for e in progress)
-    stages = [e[3] for e in progress]
-    assert {"loading model", "features", "graph", "sampling"} <= set(stages)
-    sampling = [e for e in progress if e[3] == "sampling"]
-    # one event per sampler step of each chunk of spots
-    assert sampling[-1][1] == sampling[-1][2] and sampling[-1][2] % 3 == 0
-    assert [e[1] for e in sampling[-3:]] == list(range(sampling[-1][2] - 2, sampling[-1][2] + 1))
+    from napari_flag.inference import Progress, Result
 
-    a = last[1]
+    progress, last = _run(c2, ckpt, steps=3, samples=2)
+    assert isinstance(last, Result)
+    assert all(isinstance(e, Progress) and 0 <= e.done <= e.total for e in progress)
+    stages = [e.stage for e in progress]
+    assert {"loading model", "features", "graph", "sampling"} <= set(stages)
+    sampling = [e for e in progress if e.stage == "sampling"]
+    # one event per sampler step of each chunk of spots
+    assert sampling[-1].done == sampling[-1].total and sampling[-1].total % 3 == 0
+    assert [e.done for e in sampling[-3:]] == list(range(sampling[-1].total - 2, sampling[-1].total + 1))
+
+    a = last.adata
     ck = load_checkpoint(ckpt)
     assert a.shape == (c2.n_spots, 30) and list(a.var_names) == ck["genes"]
     assert list(a.obs_names) == list(map(str, c2.spot_ids))
@@ -82,29 +84,29 @@ def test_iter_predict_events_and_result(ckpt, c2):
 
     # seeded: same seed, same prediction; another seed, another one
     _, again = _run(c2, ckpt, steps=3, samples=2)
-    np.testing.assert_array_equal(again[1].X, a.X)
+    np.testing.assert_array_equal(again.adata.X, a.X)
     _, other = _run(c2, ckpt, steps=3, samples=2, seed=1)
-    assert not np.array_equal(other[1].X, a.X)
+    assert not np.array_equal(other.adata.X, a.X)
 
 
 def test_prediction_defaults_to_model_sampler(ckpt, c2):
-    from napari_flag.predict import predict_sample
+    from napari_flag.inference import predict_sample
 
     seen = []
     a = predict_sample(c2, checkpoint=ckpt, device="cpu", feature_cache=str(FEATURE_DIR),
-                       progress=lambda d, t, m: seen.append(m))
+                       progress=lambda ev: seen.append(ev.stage))
     assert a.uns["flag"]["steps"] == TINY_MODEL["sample_steps"]
     assert a.uns["flag"]["samples"] == TINY_MODEL["sample_count"]
     assert "sampling" in seen
 
 
 def test_cancel_between_events_stops_cleanly(ckpt, c2):
-    from napari_flag.predict import iter_predict
+    from napari_flag.inference import iter_predict
 
     gen = iter_predict(c2, checkpoint=ckpt, steps=200, samples=2, device="cpu", feature_cache=str(FEATURE_DIR))
     for ev in gen:
-        assert ev[0] != "result"
-        if ev[3] == "sampling" and ev[1] >= 1:
+        assert getattr(ev, "stage", None) is not None, "a result arrived before the cancel"
+        if ev.stage == "sampling" and ev.done >= 1:
             break
     gen.close()  # what a cancelled napari worker does
     assert not [t for t in threading.enumerate() if t.name.startswith("napari-flag")]
@@ -117,12 +119,12 @@ def test_missing_panel_genes_give_nan_truth(ckpt, c2, tmp_path):
     drop = set(genes[:3])
     keep = [g for g in c2.adata.var_names if g not in drop]
     s = dataclasses.replace(c2, adata=c2.adata[:, keep].copy())
-    _, (_, a) = _run(s, ckpt, steps=2, samples=1)
+    a = _run(s, ckpt, steps=2, samples=1)[1].adata
     t = a.layers["truth"]
     assert np.isnan(t[:, :3]).all() and np.isfinite(t[:, 3:]).all()
     assert list(a.uns["flag"]["truth_missing_genes"]) == genes[:3]
     assert "sample" in a.layers  # one sample is still kept with samples=1
-    from napari_flag.predict import write_prediction
+    from napari_flag.inference import write_prediction
     import anndata as ad
 
     b = ad.read_h5ad(write_prediction(a, tmp_path / "p.h5ad"))
@@ -131,7 +133,7 @@ def test_missing_panel_genes_give_nan_truth(ckpt, c2, tmp_path):
 
 def test_sample_without_counts_or_image(ckpt, c2):
     s = dataclasses.replace(c2, adata=c2.adata[:, []].copy())
-    _, (_, a) = _run(s, ckpt, steps=2, samples=1)
+    a = _run(s, ckpt, steps=2, samples=1)[1].adata
     assert "truth" not in a.layers and a.n_obs == c2.n_spots
     with pytest.raises(FlagInputError, match="image"):
         _run(dataclasses.replace(c2, image=None), ckpt)
@@ -139,7 +141,7 @@ def test_sample_without_counts_or_image(ckpt, c2):
 
 def test_no_default_model(monkeypatch, tmp_path, c2):
     import napari_flag.checkpoint as ckmod
-    from napari_flag.predict import NO_DEFAULT_MODEL, iter_predict
+    from napari_flag.inference import NO_DEFAULT_MODEL, iter_predict
 
     monkeypatch.setattr(ckmod, "default_checkpoint_path", lambda: tmp_path / "none.pt")
     with pytest.raises(FlagInputError, match="no bundled default model yet; pass --checkpoint"):
@@ -188,14 +190,14 @@ def test_export_strips_training_state(ckpt, tmp_path, c2):
     ck = load_checkpoint(out)
     assert ck["optimizer"] is None and ck["model_raw"] is None
     assert out.stat().st_size < ckpt.stat().st_size
-    _, (_, a) = _run(c2, out, steps=2, samples=1)
-    _, (_, b) = _run(c2, ckpt, steps=2, samples=1)
+    a = _run(c2, out, steps=2, samples=1)[1].adata
+    b = _run(c2, ckpt, steps=2, samples=1)[1].adata
     np.testing.assert_array_equal(a.X, b.X)
 
 
 def test_baseline_checkpoint_predicts(her2st_dir, tmp_path, c2):
     res = _train(tmp_path, method="ridge")
-    _, (_, a) = _run(c2, res.last_path)
+    a = _run(c2, res.last_path)[1].adata
     assert a.uns["flag"]["method"] == "ridge" and "sample" not in a.layers
     assert (a.layers["std"] == 0).all() and (a.X >= 0).all()
 
@@ -203,9 +205,9 @@ def test_baseline_checkpoint_predicts(her2st_dir, tmp_path, c2):
 def test_write_prediction_refuses_overwrite(ckpt, c2, tmp_path):
     import anndata as ad
 
-    from napari_flag.predict import write_prediction
+    from napari_flag.inference import write_prediction
 
-    _, (_, a) = _run(c2, ckpt, steps=2, samples=1)
+    a = _run(c2, ckpt, steps=2, samples=1)[1].adata
     out = write_prediction(a, tmp_path / "p.h5ad")
     b = ad.read_h5ad(out)
     np.testing.assert_array_equal(b.X, a.X)

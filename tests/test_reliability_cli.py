@@ -92,7 +92,7 @@ def ckpt(run) -> Path:
 @pytest.fixture(scope="module")
 def pred(ckpt, tmp_path_factory) -> Path:
     """A real prediction of C2 written the way ``napari-flag predict`` writes it."""
-    from napari_flag.predict import predict_sample, write_prediction
+    from napari_flag.inference import predict_sample, write_prediction
 
     a = predict_sample("her2st:C2", checkpoint=ckpt, steps=2, samples=2, device="cpu",
                        feature_cache=str(FEATURE_DIR))
@@ -311,7 +311,7 @@ def _h5ad_variant(pred: Path, folder: Path, name: str) -> Path:
     ("uns-transform-array", False, "uns['flag']['transform'] is not one of"),
     ("truth-other-scale", True, "truth is on the 'log1p' scale but the prediction on 'log2p1'"),
     ("counts-other-genes", True, "shares no genes"),
-    ("counts-negative", True, "not raw counts"),
+    ("counts-negative", True, "negative or non-finite values"),
 ])
 def test_evaluate_bad_input_writes_no_json(name, as_truth, problem, pred, out_dir, tmp_path):
     bad = _h5ad_variant(pred, tmp_path, name)
@@ -328,7 +328,7 @@ def test_evaluate_never_overwrites_json(pred, out_dir):
     assert snapshot(out_dir) == {"m.json": b"{}\n"}
     proc = cli("evaluate", pred, "--json", js, "--overwrite")
     assert proc.returncode == 0, proc.stderr
-    assert set(json.loads(js.read_text())) == {"slides", "mean", "std"}
+    assert set(json.loads(js.read_text())) == {"slides", "sample_ids"}
     assert [p.name for p in out_dir.iterdir()] == ["m.json"]  # no temporary file left
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -189,43 +189,77 @@ def panel_matrix(adata, genes: Sequence[str], kind: str = "log2p1") -> np.ndarra
     return transform_counts(sub, kind)
 
 
-@dataclass
+@dataclass(frozen=True, eq=False)
 class GenePanel:
-    """Genes the model predicts and the transform of their counts; saved with the model."""
+    """What a model predicts and on which scale: genes, count transform and the
+    per-gene standardisation the network works in (all from the training slides).
 
-    genes: list[str]
+    The model sees ``(target - mean) / std``; predictions come back through
+    :meth:`to_target`.  Saved in every checkpoint, so a prediction rebuilds the
+    targets of a new slide exactly as during training.
+    """
+
+    genes: tuple[str, ...]
     transform: str = "log2p1"
-    method: str = "hmhvg"
-    meta: dict = field(default_factory=dict)
+    mean: np.ndarray | None = None  # (G,) float32; None: not standardised (mean 0, std 1)
+    std: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        self.genes = [str(g) for g in self.genes]
-        self.transform = _check_kind(self.transform)
-        if len(set(self.genes)) != len(self.genes):
+        genes = tuple(str(g) for g in self.genes)
+        if not genes:
+            raise ValueError("gene panel is empty")
+        if len(set(genes)) != len(genes):
             raise ValueError("gene panel has duplicate genes")
+        object.__setattr__(self, "genes", genes)
+        object.__setattr__(self, "transform", _check_kind(self.transform))
+        g = len(genes)
+        mean = np.zeros(g, np.float32) if self.mean is None else np.asarray(self.mean, np.float32).reshape(-1)
+        std = np.ones(g, np.float32) if self.std is None else np.asarray(self.std, np.float32).reshape(-1)
+        if mean.shape != (g,) or std.shape != (g,):
+            raise ValueError(f"mean/std must have one value per gene ({g})")
+        object.__setattr__(self, "mean", mean)
+        object.__setattr__(self, "std", std)
 
     def __len__(self) -> int:
         return len(self.genes)
 
-    @classmethod
-    def select(cls, adatas: Sequence, n_genes: int = 200, transform: str = "log2p1") -> "GenePanel":
-        genes = select_hmhvg(adatas, n_genes)
-        return cls(genes=genes, transform=transform, method="hmhvg", meta={"n_slides": len(adatas), "requested": int(n_genes)})
-
-    def matrix(self, adata) -> np.ndarray:
-        return panel_matrix(adata, self.genes, self.transform)
-
-    def inverse(self, Y) -> np.ndarray:
-        return inverse_transform(Y, self.transform)
-
-    def to_dict(self) -> dict:
-        return {"genes": list(self.genes), "transform": self.transform, "method": self.method, "meta": dict(self.meta)}
+    def __eq__(self, other) -> bool:
+        return (isinstance(other, GenePanel) and self.genes == other.genes and self.transform == other.transform
+                and np.array_equal(self.mean, other.mean) and np.array_equal(self.std, other.std))
 
     @classmethod
-    def from_dict(cls, d: dict) -> "GenePanel":
-        return cls(
-            genes=list(d["genes"]),
-            transform=d.get("transform", "log2p1"),
-            method=d.get("method", "hmhvg"),
-            meta=dict(d.get("meta", {})),
-        )
+    def fit(cls, adatas: Sequence, genes: Sequence[str], transform: str = "log2p1", min_std: float = 1e-3):
+        """Standardisation of ``genes`` over all spots of the training slides ``adatas``."""
+        y = np.concatenate([panel_matrix(a, genes, transform) for a in adatas], axis=0).astype(np.float64)
+        return cls(tuple(genes), transform, y.mean(axis=0), np.maximum(y.std(axis=0), min_std))
+
+    @classmethod
+    def from_checkpoint(cls, ckpt) -> "GenePanel":
+        def arr(v):
+            return v.numpy() if hasattr(v, "numpy") else np.asarray(v)
+
+        return cls(tuple(ckpt["genes"]), ckpt["transform"], arr(ckpt["mean"]), arr(ckpt["std"]))
+
+    def targets(self, adata) -> tuple[np.ndarray, np.ndarray]:
+        """``(truth (S, G) float32, present (G,) bool)`` of a slide's counts; NaN columns for genes it lacks."""
+        names = set(map(str, adata.var_names))
+        ok = np.array([g in names for g in self.genes], dtype=bool)
+        out = np.full((adata.n_obs, len(self)), np.nan, dtype=np.float32)
+        if ok.any():
+            out[:, ok] = panel_matrix(adata, [g for g, o in zip(self.genes, ok) if o], self.transform)
+        return out, ok
+
+    def standardise(self, y: np.ndarray) -> np.ndarray:
+        """Target scale -> model units; NaN (absent genes) become 0, the panel mean."""
+        z = (np.nan_to_num(np.asarray(y, np.float32), nan=0.0) - self.mean) / self.std
+        z[:, ~np.isfinite(np.asarray(y, np.float32)).all(axis=0)] = 0.0
+        return z.astype(np.float32)
+
+    def to_target(self, z: np.ndarray) -> np.ndarray:
+        """Model units -> target scale, clipped at 0 (no transform gives negative counts)."""
+        return np.maximum(np.asarray(z, np.float32) * self.std + self.mean, 0.0)
+
+    @property
+    def floor(self) -> np.ndarray:
+        """Model-unit value of a zero count (the smallest valid target on every scale)."""
+        return ((0.0 - self.mean) / self.std).astype(np.float32)

@@ -26,16 +26,19 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``"auto"`` picks cuda, then mps, then cpu."""
+def resolve_device(device: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
+    """``"auto"`` picks cuda, then mps, then cpu; under torchrun (``local_rank``) each rank gets its own GPU."""
     if device is None or str(device) == "auto":
         if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    return torch.device(device)
+            dev = torch.device("cuda")
+        else:
+            mps = getattr(torch.backends, "mps", None)
+            dev = torch.device("mps" if mps is not None and mps.is_available() else "cpu")
+    else:
+        dev = torch.device(device)
+    if dev.type == "cuda" and local_rank is not None and dev.index is None:
+        dev = torch.device("cuda", local_rank)
+    return dev
 
 
 def file_identity(path: str | Path) -> str:

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 from .baselines import MLPBaseline, RidgeBaseline
 from .config import FlagConfig
-from .diffusion import EDM
+from .diffusion import EDM, sample_expression
 from .flag import FlagModel
 
-__all__ = ["FlagConfig", "FlagModel", "EDM", "RidgeBaseline", "MLPBaseline"]
+# "flag": the full model; "no_graph"/"no_align"/"regression": its ablations;
+# "ridge"/"mlp": closed-form / small discriminative baselines on the same data.
+BASELINES = {"ridge": RidgeBaseline, "mlp": MLPBaseline}
+METHODS = ("flag", "no_graph", "no_align", "regression", *BASELINES)
+
+__all__ = ["FlagConfig", "FlagModel", "EDM", "sample_expression", "RidgeBaseline", "MLPBaseline",
+           "BASELINES", "METHODS"]

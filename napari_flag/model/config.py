@@ -46,7 +46,6 @@ class FlagConfig:
     # --- GFM alignment -----------------------------------------------------
     align_block: int = 2  # hidden states after this block (1-based) are aligned
     align_hidden: tuple[int, ...] = (128,)  # projector hidden widths
-    align_dim: int | None = None  # width of the prior table; set at runtime from the table
     lambda_align: float = 0.5
 
     # --- EDM noise (Karras et al. 2022), data in standardised units -------

@@ -13,25 +13,31 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from dataclasses import fields
 from typing import Callable
 
 import torch
 
-from .config import SOLVERS
+from .config import SOLVERS, FlagConfig
 
-__all__ = ["EDM", "SOLVERS"]
+__all__ = ["EDM", "SOLVERS", "sample_expression"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
+_NOISE = {f.name: f.default for f in fields(FlagConfig)}
+
+
 @dataclass
 class EDM:
-    sigma_min: float = 0.002
-    sigma_max: float = 80.0
-    sigma_data: float = 1.0
-    P_mean: float = -1.2
-    P_std: float = 1.2
-    rho: float = 7.0
+    """Noise schedule and preconditioning; defaults are :class:`FlagConfig`'s (one source)."""
+
+    sigma_min: float = _NOISE["sigma_min"]
+    sigma_max: float = _NOISE["sigma_max"]
+    sigma_data: float = _NOISE["sigma_data"]
+    P_mean: float = _NOISE["P_mean"]
+    P_std: float = _NOISE["P_std"]
+    rho: float = _NOISE["rho"]
 
     @classmethod
     def from_config(cls, cfg) -> "EDM":
@@ -149,6 +155,105 @@ class EDM:
     def nfe(steps: int, solver: str = "heun") -> int:
         """Network evaluations per sample."""
         return 2 * steps - 1 if solver == "heun" else steps
+
+
+@torch.no_grad()
+def sample_expression(
+    model,
+    h: torch.Tensor,
+    steps: int | None = None,
+    samples: int | None = None,
+    generator: torch.Generator | None = None,
+    return_samples: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    clip_min: torch.Tensor | None = None,
+    clip_max: torch.Tensor | None = None,
+    solver: str | None = None,
+    guidance: float | None = None,
+    chunk_rows: int = 256,
+    temperature: float | None = None,
+    antithetic: bool | None = None,
+) -> dict[str, torch.Tensor | None]:
+    """Expression of every spot of a slide, in the model's standardised units.
+
+    ``model`` is the network (a :class:`~napari_flag.model.FlagModel`: ``denoise``,
+    ``predict_regression``, ``edm``, ``cfg``, ``n_genes``); ``h`` its slide
+    condition (S, cond_dim), computed once by ``model.encode_slide``.  Draws
+    ``samples`` samples per spot with a deterministic ``solver`` ODE of
+    ``steps`` steps (defaults: the model config's; see :meth:`EDM.nfe`),
+    ``chunk_rows`` (spot x sample) rows at a time: 256 rows keep a block's
+    activations (~6 MB) in cache, measured 1.5x faster per row on CPU than
+    1,500-row chunks.  Each sample is clipped to ``[clip_min, clip_max]`` (per
+    gene) before ``mean``/``std`` (zero for one sample).  ``progress(done,
+    total)`` follows the steps.  ``temperature`` scales the initial noise.
+    ``antithetic`` starts the last ``M//2`` samples from the negated noise of
+    the first ``M//2``; ``std`` is then the population std, since the mean of
+    antithetic pairs carries (almost) no sample noise to correct for.  The
+    initial noise is drawn for all spots up front, so results do not depend on
+    ``chunk_rows``.
+
+    Returns ``dict(mean=(S, G), std=(S, G), samples=(M, S, G) or None)``.
+    """
+    cfg = model.cfg
+    steps = int(steps or cfg.sample_steps)
+    solver = solver or cfg.sample_solver
+    m = int(samples or cfg.sample_count)
+    guidance = cfg.guidance if guidance is None else float(guidance)
+    was_training = model.training
+    model.eval()
+    try:
+        h = h.to(model.device, torch.float32)
+        s, g = h.shape[0], model.n_genes
+        lo = None if clip_min is None else torch.as_tensor(clip_min, dtype=torch.float32, device=h.device)
+        hi = None if clip_max is None else torch.as_tensor(clip_max, dtype=torch.float32, device=h.device)
+
+        def clip(x):
+            return torch.clamp(x, min=lo, max=hi) if lo is not None or hi is not None else x
+
+        per = max(1, chunk_rows // m)
+        chunks = [(a, min(a + per, s)) for a in range(0, s, per)]
+        if cfg.mode == "regression":
+            pred = torch.empty(s, g, device=h.device)
+            for j, (a, b) in enumerate(chunks):
+                pred[a:b] = clip(model.predict_regression(h[a:b]))
+                if progress is not None:
+                    progress(j + 1, len(chunks))
+            return {
+                "mean": pred,
+                "std": torch.zeros_like(pred),
+                "samples": pred[None].expand(m, s, g).clone() if return_samples else None,
+            }
+
+        anti = bool(cfg.sample_antithetic if antithetic is None else antithetic) and m > 1
+        half = m // 2 if anti else 0
+        noise = torch.randn((m - half, s, g), generator=generator, device=_gen_device(generator, h.device))
+        noise = noise.to(h.device)
+        if half:
+            noise = torch.cat([noise, -noise[:half]])
+        tau = cfg.sample_temperature if temperature is None else float(temperature)
+        edm = model.edm
+        noise.mul_(edm.sigma_max * tau)
+        total = len(chunks) * steps
+        mean = torch.empty(s, g, device=h.device)
+        std = torch.zeros(s, g, device=h.device)
+        for j, (a, b) in enumerate(chunks):
+            n = b - a
+            hh = h[a:b].repeat(m, 1)  # row r -> spot a + r % n, sample r // n
+            x = noise[:, a:b].reshape(m * n, g)
+
+            def step_cb(i, j=j):
+                if progress is not None:
+                    progress(j * steps + i, total)
+
+            x = edm.sample(lambda x, sg: model.denoise(x, sg, hh, guidance), x, steps, solver, step_cb)
+            x = clip(x.view(m, n, g))
+            noise[:, a:b] = x  # reuse the buffer for the finished samples
+            mean[a:b] = x.mean(0)
+            if m > 1:
+                std[a:b] = x.std(0, unbiased=not anti)
+        return {"mean": mean, "std": std, "samples": noise if return_samples else None}
+    finally:
+        model.train(was_training)
 
 
 def _gen_device(generator, device):

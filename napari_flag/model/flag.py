@@ -19,8 +19,6 @@ targets and de-standardises predictions.
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -211,6 +209,7 @@ class FlagModel(nn.Module):
 
         # GFM alignment: only built when it can be used.
         self.projector = None
+        self.align_dim: int | None = None
         if cfg.align and gene_prior is not None:
             prior = _tensor(gene_prior, torch.float32)
             if prior.shape[0] != self.n_genes:
@@ -222,8 +221,9 @@ class FlagModel(nn.Module):
             )
             mask = mask & (prior.norm(dim=1) > 0)  # all-zero rows mark missing genes too
             if prior.is_meta or bool(mask.any()):
-                cfg.align_dim = int(prior.shape[1])
-                dims = [w, *cfg.align_hidden, cfg.align_dim]
+                # the prior's width is a property of the table, not of the config: kept here
+                self.align_dim = int(prior.shape[1])
+                dims = [w, *cfg.align_hidden, self.align_dim]
                 mods: list[nn.Module] = []
                 for i in range(len(dims) - 1):
                     mods.append(nn.Linear(dims[i], dims[i + 1]))
@@ -357,104 +357,6 @@ class FlagModel(nn.Module):
         idx = self.prior_mask.nonzero(as_tuple=True)[0]
         z = F.normalize(self.projector(hidden[:, idx]), dim=-1)  # (B, G', d_e)
         return -(z * self.gene_prior[idx][None]).sum(-1).mean()
-
-    # ----------------------------------------------------------------- sample
-    @torch.no_grad()
-    def sample(
-        self,
-        h: torch.Tensor,
-        steps: int | None = None,
-        samples: int | None = None,
-        generator: torch.Generator | None = None,
-        return_samples: bool = False,
-        progress: Callable[[int, int], None] | None = None,
-        clip_min: torch.Tensor | None = None,
-        clip_max: torch.Tensor | None = None,
-        solver: str | None = None,
-        guidance: float | None = None,
-        chunk_rows: int = 256,
-        temperature: float | None = None,
-        antithetic: bool | None = None,
-    ) -> dict[str, torch.Tensor | None]:
-        """Expression of every spot, in standardised units.
-
-        Draws ``samples`` samples per spot with a deterministic ``solver`` ODE
-        of ``steps`` steps (default: the config's; see ``EDM.nfe`` for the
-        network calls per sample), ``chunk_rows`` (spot x sample) rows at a time:
-        256 rows keep a block's activations (~6 MB) in cache, which measured 1.5x
-        faster per row on CPU than 1,500-row chunks.  Each sample is clipped to
-        ``[clip_min, clip_max]`` (per gene, standardised units) before
-        ``mean``/``std`` (zero for one sample).  ``progress(done, total)`` is
-        called after every step.  ``temperature`` scales the initial noise
-        (default: the config's).  ``antithetic`` starts the last ``M//2``
-        samples from the negated initial noise of the first ``M//2`` (default:
-        the config's); ``std`` is then the population std, since the mean of
-        antithetic pairs carries (almost) no sample noise to correct for.  The
-        initial noise is drawn for all spots up front from ``generator``, so
-        results do not depend on ``chunk_rows``.
-
-        Returns ``dict(mean=(S, G), std=(S, G), samples=(M, S, G) or None)``.
-        """
-        steps = int(steps or self.cfg.sample_steps)
-        solver = solver or self.cfg.sample_solver
-        m = int(samples or self.cfg.sample_count)
-        guidance = self.cfg.guidance if guidance is None else float(guidance)
-        was_training = self.training
-        self.eval()
-        try:
-            h = h.to(self.device, torch.float32)
-            s, g = h.shape[0], self.n_genes
-            lo = None if clip_min is None else torch.as_tensor(clip_min, dtype=torch.float32, device=h.device)
-            hi = None if clip_max is None else torch.as_tensor(clip_max, dtype=torch.float32, device=h.device)
-
-            def clip(x):
-                if lo is not None or hi is not None:
-                    x = torch.clamp(x, min=lo, max=hi)
-                return x
-
-            per = max(1, chunk_rows // m)
-            chunks = [(a, min(a + per, s)) for a in range(0, s, per)]
-            if self.cfg.mode == "regression":
-                total = len(chunks)
-                pred = torch.empty(s, g, device=h.device)
-                for j, (a, b) in enumerate(chunks):
-                    pred[a:b] = clip(self.predict_regression(h[a:b]))
-                    if progress is not None:
-                        progress(j + 1, total)
-                return {
-                    "mean": pred,
-                    "std": torch.zeros_like(pred),
-                    "samples": pred[None].expand(m, s, g).clone() if return_samples else None,
-                }
-
-            anti = bool(self.cfg.sample_antithetic if antithetic is None else antithetic) and m > 1
-            half = m // 2 if anti else 0
-            noise = torch.randn((m - half, s, g), generator=generator, device=_dev(generator, h)).to(h.device)
-            if half:
-                noise = torch.cat([noise, -noise[:half]])
-            tau = self.cfg.sample_temperature if temperature is None else float(temperature)
-            noise.mul_(self.edm.sigma_max * tau)
-            total = len(chunks) * steps
-            mean = torch.empty(s, g, device=h.device)
-            std = torch.zeros(s, g, device=h.device)
-            for j, (a, b) in enumerate(chunks):
-                n = b - a
-                hh = h[a:b].repeat(m, 1)  # row r -> spot a + r % n, sample r // n
-                x = noise[:, a:b].reshape(m * n, g)
-
-                def step_cb(i, j=j):
-                    if progress is not None:
-                        progress(j * steps + i, total)
-
-                x = self.edm.sample(lambda x, sg: self.denoise(x, sg, hh, guidance), x, steps, solver, step_cb)
-                x = clip(x.view(m, n, g))
-                noise[:, a:b] = x  # reuse the buffer for the finished samples
-                mean[a:b] = x.mean(0)
-                if m > 1:
-                    std[a:b] = x.std(0, unbiased=not anti)
-            return {"mean": mean, "std": std, "samples": noise if return_samples else None}
-        finally:
-            self.train(was_training)
 
 
 def _tensor(x, dtype) -> torch.Tensor:

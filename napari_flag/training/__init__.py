@@ -2,25 +2,25 @@
 
 ``TrainConfig`` (YAML + ``key=value`` overrides) -> :func:`prepare_data` ->
 :func:`train` with callbacks and a stop flag -> atomic checkpoints that
-:mod:`napari_flag.predict` reads.
+:mod:`napari_flag.inference` reads.
 """
 from __future__ import annotations
 
-from .config import METHODS, TrainConfig, apply_overrides, parse_overrides
-from .data import PreparedData, SlideData, prepare_data
-from .loop import TrainCallbacks, TrainResult, predict_slide, train, validate
+from .config import TrainConfig, apply_overrides, parse_overrides
+from .data import PreparedData, prepare_data
+from .loop import SAMPLER_KEYS, TrainCallbacks, TrainEvent, TrainResult, event_callbacks, train, validate
 
 __all__ = [
-    "METHODS",
     "TrainConfig",
     "parse_overrides",
     "apply_overrides",
     "PreparedData",
-    "SlideData",
     "prepare_data",
     "TrainCallbacks",
+    "TrainEvent",
+    "event_callbacks",
     "TrainResult",
     "train",
     "validate",
-    "predict_slide",
+    "SAMPLER_KEYS",
 ]

@@ -11,14 +11,15 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Iterable
 
+import yaml
+
+from ..data.panel import TRANSFORMS
 from ..errors import FlagInputError
+from ..metrics import METRIC_KEYS
+from ..model import BASELINES, METHODS, FlagConfig
 
-__all__ = ["TrainConfig", "METHODS", "parse_overrides", "apply_overrides"]
+__all__ = ["TrainConfig", "parse_overrides", "apply_overrides"]
 
-# "flag": the full model; "no_graph"/"no_align"/"regression": its ablations;
-# "ridge"/"mlp": closed-form / small discriminative baselines on the same data.
-METHODS = ("flag", "no_graph", "no_align", "regression", "ridge", "mlp")
-TRANSFORMS = ("log2p1", "log1p", "none")
 # Metrics where smaller is better; every other metric is maximised.
 LOWER_IS_BETTER = ("MSE", "MAE")
 
@@ -95,8 +96,6 @@ class TrainConfig:
             self.epochs = int(self.epochs)
         if self.steps < 0 or self.n_genes < 1:
             raise FlagInputError("steps must be >= 0 and n_genes >= 1")
-        from ..metrics import METRIC_KEYS
-
         if self.val_metric not in METRIC_KEYS:
             raise FlagInputError(f"val_metric: unknown {self.val_metric!r}; use one of {', '.join(METRIC_KEYS)}")
         if not 0.0 <= self.ema_decay < 1.0:
@@ -115,8 +114,6 @@ class TrainConfig:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Iterable[str] = ()) -> "TrainConfig":
         """Load ``path`` and apply ``key=value`` overrides (dotted keys reach into ``model``)."""
-        import yaml
-
         p = Path(path).expanduser()
         if not p.is_file():
             raise FlagInputError(f"{p}: config file not found")
@@ -146,8 +143,6 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def to_yaml(self, path: str | Path | None = None) -> str:
-        import yaml
-
         text = yaml.safe_dump(self.to_dict(), sort_keys=False)
         if path is not None:
             Path(path).write_text(text)
@@ -156,8 +151,6 @@ class TrainConfig:
     # -- derived -----------------------------------------------------------
     def flag_config(self):
         """The model's :class:`FlagConfig`: preset, then overrides, then the method's switches."""
-        from ..model.config import FlagConfig
-
         over = dict(self.model)
         preset = over.pop("preset", "cpu")
         names = {f.name for f in fields(FlagConfig)}
@@ -178,12 +171,10 @@ class TrainConfig:
 
     @property
     def is_baseline(self) -> bool:
-        return self.method in ("ridge", "mlp")
+        return self.method in BASELINES
 
 
 def _parse_value(text: str) -> Any:
-    import yaml
-
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError:

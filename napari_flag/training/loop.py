@@ -19,17 +19,24 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from .._io import atomic_write_text
+from ..checkpoint import load_checkpoint, save_checkpoint
+from ..data.panel import GenePanel
 from ..errors import FlagInputError
+from ..features.encoders import resolve_device
+from ..inference import SlideData, predict_arrays
+from ..metrics import evaluate, jsonable, summarize
+from ..model import BASELINES, FlagModel
 from .config import LOWER_IS_BETTER, TrainConfig
-from .data import PreparedData, SlideData, prepare_data
+from .data import PreparedData, prepare_data
 
-__all__ = ["TrainCallbacks", "TrainResult", "train", "validate", "predict_slide", "resolve_device"]
+__all__ = ["TrainCallbacks", "TrainEvent", "event_callbacks", "TrainResult", "train", "validate", "SAMPLER_KEYS"]
 
 CALLBACK_NAMES = ("on_progress", "on_log", "on_step", "on_epoch", "on_validation", "on_checkpoint")
 
@@ -79,6 +86,34 @@ class _Dispatch:
                 fn(*args)
 
 
+@dataclass(frozen=True)
+class TrainEvent:
+    """One report of a training run, for consumers that take events rather than callbacks (the widget).
+
+    ``kind`` is the callback name without ``on_``; ``data`` is ``(stage, done,
+    total)`` for progress, the message for log, the losses for step, the
+    epoch info for epoch, the metrics (without ``per_slide``) for validation and
+    the path for checkpoint.
+    """
+
+    kind: str
+    step: int = 0
+    data: Any = None
+
+
+def event_callbacks(emit: Callable[[TrainEvent], None]) -> dict:
+    """Callbacks for :func:`train` that turn every report into a :class:`TrainEvent` for ``emit``."""
+    return {
+        "on_progress": lambda stage, done, total: emit(TrainEvent("progress", 0, (str(stage), int(done), int(total)))),
+        "on_log": lambda msg: emit(TrainEvent("log", 0, str(msg))),
+        "on_step": lambda step, losses: emit(TrainEvent("step", int(step), dict(losses))),
+        "on_epoch": lambda epoch, info: emit(TrainEvent("epoch", int(info.get("step", 0)), dict(info, epoch=epoch))),
+        "on_validation": lambda step, metrics: emit(
+            TrainEvent("validation", int(step), {k: v for k, v in metrics.items() if k != "per_slide"})),
+        "on_checkpoint": lambda path: emit(TrainEvent("checkpoint", 0, str(path))),
+    }
+
+
 @dataclass
 class TrainResult:
     out_dir: str
@@ -92,16 +127,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # validations
     seconds: float = 0.0
     model: Any = field(default=None, repr=False)  # EMA model (or fitted baseline), ready to predict
-
-
-def resolve_device(device: str | torch.device | None = "auto", local_rank: int | None = None) -> torch.device:
-    """``"auto"`` = cuda > mps > cpu; under torchrun each rank gets its own GPU."""
-    from ..features.encoders import resolve_device as _rd
-
-    dev = _rd(device)
-    if dev.type == "cuda" and local_rank is not None and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    return dev
 
 
 # ----------------------------------------------------------------------------- distributed
@@ -187,53 +212,13 @@ def _epoch_of(step: int, world: int, n: int) -> int:
     return (step * world) // n
 
 
-def _target_floor(transform: str, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
-    """Standardised value of the smallest valid target (0 on every supported scale)."""
-    return ((0.0 - mean) / std).astype(np.float32)
-
-
-@torch.no_grad()
-def predict_slide(model, slide: SlideData, mean, std, transform: str, steps: int | None = None,
-                  samples: int | None = None, seed: int = 0, progress=None, return_samples: bool = False,
-                  solver: str | None = None):
-    """Target-scale ``(mean, std, samples|None)`` numpy arrays for one prepared slide."""
-    mean = np.asarray(mean, dtype=np.float32)
-    std = np.asarray(std, dtype=np.float32)
-    if not isinstance(model, nn.Module):  # ridge / MLP baseline
-        z = np.asarray(model.predict(slide.feats.cpu().numpy()), dtype=np.float32)
-        pred = np.maximum(z * std + mean, 0.0)
-        if progress:
-            progress(1, 1)
-        return pred, np.zeros_like(pred), (pred[None] if return_samples else None)
-    model.eval()
-    dev = model.device
-    h = model.encode_slide(slide.feats.to(dev), slide.graph.to(dev) if slide.graph is not None else None)
-    gen = torch.Generator(device=dev).manual_seed(int(seed))
-    floor = torch.from_numpy(_target_floor(transform, mean, std)).to(dev)
-    out = model.sample(h, steps=steps, samples=samples, generator=gen, return_samples=return_samples,
-                       progress=progress, clip_min=floor, solver=solver)
-    m, s = out["mean"].float().cpu().numpy(), out["std"].float().cpu().numpy()
-    pred = np.maximum(m * std + mean, 0.0)
-    sd = s * std
-    smp = None
-    if return_samples and out.get("samples") is not None:
-        smp = np.maximum(out["samples"].float().cpu().numpy() * std + mean, 0.0)
-    return pred, sd, smp
-
-
-def validate(model, slides: Sequence[SlideData], data: PreparedData, cfg: TrainConfig) -> dict:
+def validate(model, slides: Sequence[SlideData], panel: GenePanel, cfg: TrainConfig) -> dict:
     """Mean metrics over the validation slides (few-step sampler), plus ``per_slide``."""
-    from ..metrics import evaluate_slide, summarize
-
     per = {}
     for sl in slides:
-        pred, _, _ = predict_slide(model, sl, data.mean, data.std, data.transform,
-                                   steps=cfg.val_steps, samples=cfg.val_samples, seed=cfg.seed)
-        ok = sl.gene_ok if sl.gene_ok is not None else np.ones(pred.shape[1], bool)
-        per[sl.sample_id] = evaluate_slide(
-            pred[:, ok], sl.truth[:, ok], sl.coords, grid=sl.grid or "auto",
-            genes=[g for g, o in zip(data.genes, ok) if o], seed=cfg.seed,
-        )
+        pred, _, _ = predict_arrays(model, sl, panel, steps=cfg.val_steps, samples=cfg.val_samples, seed=cfg.seed)
+        per[sl.sample_id] = evaluate(pred, sl.truth, sl.coords, sl.array_rc, sl.grid, genes=panel.genes,
+                                     seed=cfg.seed)
     summ = summarize(per)
     out = dict(summ["mean"])
     out["per_slide"] = summ["slides"]
@@ -250,7 +235,9 @@ def _better(a: float, b: float | None, metric: str) -> bool:
 
 # FlagConfig keys that only change sampling (prediction, validation), not what is trained.
 SAMPLER_KEYS = ("sample_solver", "sample_steps", "sample_count", "sample_temperature", "sample_antithetic",
-                "guidance", "align_dim")
+                "guidance")
+# Keys older checkpoints carry that no longer describe the network.
+_LEGACY_KEYS = ("align_dim",)
 
 
 def _resume_mismatch(ckpt: dict, cfg: TrainConfig) -> str | None:
@@ -273,8 +260,9 @@ def _resume_mismatch(ckpt: dict, cfg: TrainConfig) -> str | None:
         if key in tc and json.dumps(tc[key], sort_keys=True) != json.dumps(getattr(cfg, key), sort_keys=True):
             return f"checkpoint {key}={tc[key]!r} differs from config {key}={getattr(cfg, key)!r}"
     if not cfg.is_baseline and isinstance(ckpt.get("model_config"), dict):
-        have = {k: v for k, v in ckpt["model_config"].items() if k not in SAMPLER_KEYS}
-        want = {k: v for k, v in cfg.flag_config().to_dict().items() if k not in SAMPLER_KEYS}
+        skip = SAMPLER_KEYS + _LEGACY_KEYS
+        have = {k: v for k, v in ckpt["model_config"].items() if k not in skip}
+        want = {k: v for k, v in cfg.flag_config().to_dict().items() if k not in skip}
         diff = sorted(k for k in set(have) | set(want)
                       if json.dumps(have.get(k), sort_keys=True) != json.dumps(want.get(k), sort_keys=True))
         if diff:
@@ -282,12 +270,6 @@ def _resume_mismatch(ckpt: dict, cfg: TrainConfig) -> str | None:
             more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
             return f"model {k}={have.get(k)!r} in the checkpoint, {want.get(k)!r} in the config{more}"
     return None
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _trim_log(path: Path, step: int) -> None:
@@ -303,17 +285,233 @@ def _trim_log(path: Path, step: int) -> None:
             continue
         if isinstance(rec, dict) and not past:
             keep.append(line)
-    _atomic_text(path, "".join(ln + "\n" for ln in keep))
+    atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 def _json_line(path: Path, rec: dict) -> None:
-    from ..metrics import jsonable
-
     with open(path, "a") as fh:
         fh.write(json.dumps(jsonable(rec)) + "\n")
 
 
-# ----------------------------------------------------------------------------- main entry
+# ----------------------------------------------------------------------------- the run
+class _Run:
+    """One training run, in named stages: open (resume), prepare data, build, steps, validate, save.
+
+    Holds what the stages share (config, ranks, device, paths, model, EMA,
+    optimiser, early-stopping state) so each stage is a short method.
+    """
+
+    def __init__(self, cfg: TrainConfig, callbacks, stop, resume: bool):
+        self.cfg, self.stop, self.resume = cfg, stop, resume
+        self.rank, self.world, local_rank = _dist_env()
+        self.device = resolve_device(cfg.device, local_rank if self.world > 1 else None)
+        self.is_main = self.rank == 0
+        self.emit = _Dispatch(callbacks, enabled=self.is_main)
+        self.out_dir = Path(cfg.out_dir).expanduser()
+        self.last_path, self.best_path = self.out_dir / "last.pt", self.out_dir / "best.pt"
+        self.log_path = self.out_dir / "train_log.jsonl"
+        self.t0 = time.time()
+        self.ckpt: dict | None = None
+        self.state = {"best": None, "best_step": None, "bad": 0, "history": [], "status": "running"}
+
+    # -- stage 1: the output folder and what to resume from ------------------
+    def open(self, data: PreparedData | None) -> None:
+        cfg = self.cfg
+        if self.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            for name in ("last.pt", "best.pt", "config.yaml", "train_log.jsonl"):
+                for tmp in self.out_dir.glob(f".{Path(name).stem}.*.tmp*"):  # left by a killed run's write
+                    tmp.unlink(missing_ok=True)
+        if not (self.resume and self.last_path.is_file()):
+            if self.resume:
+                self.emit("on_log", f"nothing to resume in {self.out_dir}; starting fresh")
+            if self.is_main:  # a fresh run replaces an earlier one: no stale best.pt or log lines
+                for stale in (self.best_path, self.log_path):
+                    stale.unlink(missing_ok=True)
+            return
+        ckpt = load_checkpoint(self.last_path, map_location="cpu")
+        where = self.last_path
+        if ckpt.get("method") != cfg.method:
+            raise FlagInputError(f"{where}: was trained with method {ckpt.get('method')!r}, config says {cfg.method!r}")
+        if ckpt.get("train_state") is None or ckpt.get("model_raw") is None and not cfg.is_baseline:
+            raise FlagInputError(f"{where}: holds no training state (an exported model?); cannot resume")
+        if data is not None and list(data.genes) != list(ckpt["genes"]):
+            raise FlagInputError(f"{where}: gene panel differs from the prepared data's; cannot resume")
+        problem = _resume_mismatch(ckpt, cfg)
+        if problem:
+            raise FlagInputError(f"{where}: {problem}; cannot resume (use its settings or a new out_dir)")
+        if self.is_main:
+            _trim_log(self.log_path, int(ckpt["step"]))
+        self.emit("on_log", f"resuming from {where} at step {ckpt['step']}")
+        self.ckpt = ckpt
+
+    # -- stage 2: data -------------------------------------------------------
+    def prepare(self, data: PreparedData | None) -> PreparedData:
+        if data is None:
+            panel = GenePanel.from_checkpoint(self.ckpt) if self.ckpt is not None else None
+            self.emit("on_log", "preparing data")
+            data = prepare_data(self.cfg, progress=lambda *a: self.emit("on_progress", *a), panel=panel,
+                                device=self.device)
+        if self.is_main:
+            atomic_write_text(self.out_dir / "config.yaml", self.cfg.to_yaml())
+        self.emit("on_log", f"{len(data.train)} training / {len(data.val)} validation slides, "
+                            f"{len(data.genes)} genes, features {data.feat_dim}-d, device {self.device}")
+        self.data = data
+        p = data.panel
+        self.common = dict(
+            method=self.cfg.method, genes=list(p.genes), mean=p.mean, std=p.std, transform=p.transform,
+            encoder=data.encoder, train_config=self.cfg.to_dict(), graph=data.graph, feat_dim=data.feat_dim,
+        )
+        return data
+
+    # -- stage 3: model, EMA, optimiser (restored when resuming) -------------
+    def build(self) -> None:
+        cfg, data = self.cfg, self.data
+        torch.manual_seed(cfg.seed)
+        model = FlagModel(cfg.flag_config(), n_genes=len(data.genes), feat_dim=data.feat_dim,
+                          gene_prior=data.gene_prior, prior_mask=data.prior_mask)
+        model.set_feature_stats(torch.cat([s.feats for s in data.train]).cpu())
+        model.to(self.device)
+        ema = copy.deepcopy(model).eval()
+        for p in ema.parameters():
+            p.requires_grad_(False)
+        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                weight_decay=cfg.weight_decay)
+        self.start = 0
+        if self.ckpt is not None:
+            try:
+                model.load_state_dict(self.ckpt["model_raw"])
+                ema.load_state_dict(self.ckpt["model"])
+                opt.load_state_dict(self.ckpt["optimizer"])
+            except (RuntimeError, ValueError, KeyError) as exc:
+                raise FlagInputError(f"{self.last_path}: does not match this config's model "
+                                     f"({' '.join(str(exc).split())[:240]})") from exc
+            self.start = int(self.ckpt["step"])
+            self.state.update(self.ckpt["train_state"])
+        self.model, self.ema, self.opt = model, ema, opt
+        self.common.update(model_config=model.cfg.to_dict(), gene_prior=data.gene_prior, prior_mask=data.prior_mask)
+        self.n_train = len(data.train)
+        self.total = cfg.steps if cfg.epochs is None else cfg.epochs * math.ceil(self.n_train / self.world)
+        self.slides = [s.to(self.device) for s in data.train]
+        self.step_mod: nn.Module = _StepModule(model)
+        if self.world > 1:
+            from torch.nn.parallel import DistributedDataParallel as DDP
+
+            self.step_mod = DDP(self.step_mod, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                                find_unused_parameters=True)
+
+    # -- stage 4: one optimiser step -------------------------------------------
+    def one_step(self, step: int) -> dict:
+        cfg = self.cfg
+        si, _ = _slide_for(step, self.rank, self.world, self.n_train, cfg.seed)
+        sl = self.slides[si]
+        torch.manual_seed(_step_seed(cfg.seed, step, self.rank))
+        idx = None
+        if 0 < cfg.batch_spots < sl.n_spots:
+            idx = torch.randperm(sl.n_spots)[: cfg.batch_spots].to(self.device)
+        x0 = sl.targets if idx is None else sl.targets[idx]
+        lr = _lr_at(cfg, step, self.total)
+        for g in self.opt.param_groups:
+            g["lr"] = lr
+        self.model.train()
+        losses = self.step_mod(sl.feats, sl.graph, x0, idx)
+        self.opt.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        params = [p for p in self.model.parameters() if p.grad is not None]
+        gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+        self.opt.step()
+        _ema_update(self.ema, self.model, min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
+        rec = {k: float(v.detach()) for k, v in losses.items()}
+        rec.update(lr=lr, grad_norm=float(gn), slide=sl.sample_id)
+        if not np.isfinite(rec["loss"]):
+            raise FloatingPointError(f"training diverged at step {step + 1} (loss {rec['loss']}); lower lr")
+        return rec
+
+    # -- stage 5: validation and early stopping --------------------------------
+    def validate(self, step: int) -> bool:
+        """Validate on rank 0; True when early stopping triggers (on every rank)."""
+        stop_now = False
+        if self.is_main and self.data.val:
+            metrics = validate(self.ema, self.data.val, self.data.panel, self.cfg)
+            metrics["step"] = step
+            st = self.state
+            st["history"].append(dict(metrics))
+            val = float(metrics.get(self.cfg.val_metric, float("nan")))
+            improved = _better(val, st["best"], self.cfg.val_metric)
+            if improved:
+                st["best"], st["best_step"], st["bad"] = val, step, 0
+            else:
+                st["bad"] += 1
+            _json_line(self.log_path, {"event": "validation", **metrics})
+            self.emit("on_validation", step, metrics)
+            if improved:
+                self.save(self.best_path, step)
+            stop_now = self.cfg.patience > 0 and st["bad"] >= self.cfg.patience
+        return _any_rank(stop_now, self.world, self.device)
+
+    # -- stage 6: checkpoints ------------------------------------------------
+    def save(self, path: Path, step: int) -> None:
+        if not self.is_main:
+            return
+        rng = {"torch": torch.get_rng_state(), "seed": self.cfg.seed}
+        if self.device.type == "cuda":
+            rng["cuda"] = torch.cuda.get_rng_state(self.device)
+        st = self.state
+        save_checkpoint(
+            path, model_state=self.ema.state_dict(), model_raw=self.model.state_dict(),
+            optimizer=self.opt.state_dict(), rng=rng, train_state=dict(st), step=step,
+            epoch=_epoch_of(step, self.world, self.n_train), metrics=st["history"][-1] if st["history"] else {},
+            **self.common,
+        )
+        self.emit("on_checkpoint", str(path))
+
+    def _checkpoint_due(self, step: int) -> bool:
+        """``last.pt`` every ``ckpt_every`` steps, or once per epoch (a killed run loses at most one)."""
+        every = self.cfg.ckpt_every
+        if every > 0:
+            return step % every == 0
+        return every == 0 and _epoch_of(step, self.world, self.n_train) > _epoch_of(step - 1, self.world, self.n_train)
+
+    # -- the loop ------------------------------------------------------------
+    def loop(self) -> tuple[int, str]:
+        cfg, world, n = self.cfg, self.world, self.n_train
+        step, status = self.start, "finished"
+        last_val = self.start if self.ckpt is not None and self.state["history"] else -1
+        while step < self.total:
+            if _any_rank(self.stop is not None and self.stop.is_set(), world, self.device):
+                status = "stopped"
+                break
+            rec = self.one_step(step)
+            step += 1
+            self.emit("on_step", step, rec)
+            if self.is_main and (step % max(cfg.log_every, 1) == 0 or step == self.total):
+                _json_line(self.log_path, {"event": "step", "step": step, **rec})
+            if _epoch_of(step, world, n) > _epoch_of(step - 1, world, n):
+                self.emit("on_epoch", _epoch_of(step, world, n), {"step": step, "loss": rec["loss"]})
+            if cfg.val_every > 0 and step % cfg.val_every == 0 and step < self.total:
+                early, last_val = self.validate(step), step
+                self.save(self.last_path, step)
+                if early:
+                    status = "early_stopped"
+                    break
+            elif self._checkpoint_due(step):
+                self.save(self.last_path, step)
+        if status == "finished" and self.data.val and last_val != step:
+            self.validate(step)
+        self.state["status"] = status
+        self.save(self.last_path, step)
+        return step, status
+
+    def result(self, step: int, status: str) -> TrainResult:
+        return TrainResult(
+            out_dir=str(self.out_dir), last_path=str(self.last_path),
+            best_path=str(self.best_path if self.best_path.is_file() else self.last_path),
+            step=step, epoch=_epoch_of(step, self.world, self.n_train), status=status,
+            best_metric=self.state["best"], genes=list(self.data.genes), history=list(self.state["history"]),
+            seconds=time.time() - self.t0, model=self.ema,
+        )
+
+
 def train(
     cfg: TrainConfig,
     callbacks=None,
@@ -324,218 +522,26 @@ def train(
     """Train (or fit a baseline) as ``cfg`` says; returns where the checkpoints went.
 
     ``stop``: ``threading.Event`` or any object with ``is_set()``; checked before
-    and after every step, so a request is honoured within one step: the current
-    state is saved to ``out_dir/last.pt`` and the function returns with status
+    every step, so a request is honoured within one step: the current state is
+    saved to ``out_dir/last.pt`` and the function returns with status
     ``"stopped"``.  ``resume=True`` continues from ``out_dir/last.pt`` (if present)
     at its saved step, with its gene panel and standardisation.  ``data`` reuses
     an already prepared :class:`PreparedData` (its panel wins over ``cfg``).
     """
-    from ..checkpoint import load_checkpoint, save_checkpoint
-
-    t0 = time.time()
-    rank, world, local_rank = _dist_env()
-    device = resolve_device(cfg.device, local_rank if world > 1 else None)
-    created_pg = _dist_init(device)
-    is_main = rank == 0
-    emit = _Dispatch(callbacks, enabled=is_main)
-    out_dir = Path(cfg.out_dir).expanduser()
-    last_path, best_path = out_dir / "last.pt", out_dir / "best.pt"
-    log_path = out_dir / "train_log.jsonl"
+    run = _Run(cfg, callbacks, stop, resume)
+    created_pg = _dist_init(run.device)
     try:
-        if is_main:
-            out_dir.mkdir(parents=True, exist_ok=True)
-            for name in ("last.pt", "best.pt", "config.yaml", "train_log.jsonl"):
-                for tmp in out_dir.glob(f".{name}.*.tmp"):  # left by a killed run's atomic write
-                    tmp.unlink(missing_ok=True)
-
-        ckpt = None
-        if resume and last_path.is_file():
-            ckpt = load_checkpoint(last_path, map_location="cpu")
-            if ckpt.get("method") != cfg.method:
-                raise FlagInputError(
-                    f"{last_path}: was trained with method {ckpt.get('method')!r}, config says {cfg.method!r}"
-                )
-            if ckpt.get("train_state") is None or ckpt.get("model_raw") is None and not cfg.is_baseline:
-                raise FlagInputError(f"{last_path}: holds no training state (an exported model?); cannot resume")
-            if data is not None and list(data.genes) != list(ckpt["genes"]):
-                raise FlagInputError(f"{last_path}: gene panel differs from the prepared data's; cannot resume")
-            problem = _resume_mismatch(ckpt, cfg)
-            if problem:
-                raise FlagInputError(f"{last_path}: {problem}; cannot resume (use its settings or a new out_dir)")
-            if is_main:
-                _trim_log(log_path, int(ckpt["step"]))
-            emit("on_log", f"resuming from {last_path} at step {ckpt['step']}")
-        else:
-            if resume:
-                emit("on_log", f"nothing to resume in {out_dir}; starting fresh")
-            if is_main:  # a fresh run replaces an earlier one: no stale best.pt or log lines
-                for stale in (best_path, log_path):
-                    stale.unlink(missing_ok=True)
-
-        if data is None:
-            genes = stats = None
-            if ckpt is not None:
-                genes = list(ckpt["genes"])
-                stats = (ckpt["mean"].numpy(), ckpt["std"].numpy())
-            emit("on_log", "preparing data")
-            data = prepare_data(cfg, progress=lambda *a: emit("on_progress", *a), genes=genes, stats=stats,
-                                device=device)
-        if is_main:
-            _atomic_text(out_dir / "config.yaml", cfg.to_yaml())
-        emit("on_log", f"{len(data.train)} training / {len(data.val)} validation slides, "
-                       f"{len(data.genes)} genes, features {data.feat_dim}-d, device {device}")
-
-        common = dict(
-            method=cfg.method, genes=data.genes, mean=data.mean, std=data.std, transform=data.transform,
-            encoder=data.encoder, train_config=cfg.to_dict(), graph=data.graph, feat_dim=data.feat_dim,
-        )
+        run.open(data)
+        run.prepare(data)
         if cfg.is_baseline:
-            return _fit_baseline(cfg, data, common, emit, out_dir, t0, is_main)
-
-        # ---- model, EMA, optimiser ----------------------------------------
-        torch.manual_seed(cfg.seed)
-        flag_cfg = cfg.flag_config()
-        from ..model.flag import FlagModel
-
-        model = FlagModel(flag_cfg, n_genes=len(data.genes), feat_dim=data.feat_dim,
-                          gene_prior=data.gene_prior, prior_mask=data.prior_mask)
-        model.set_feature_stats(torch.cat([s.feats for s in data.train]).cpu())
-        model.to(device)
-        ema = copy.deepcopy(model).eval()
-        for p in ema.parameters():
-            p.requires_grad_(False)
-        opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                weight_decay=cfg.weight_decay)
-        state = {"best": None, "best_step": None, "bad": 0, "history": [], "status": "running"}
-        start = 0
-        if ckpt is not None:
-            try:
-                model.load_state_dict(ckpt["model_raw"])
-                ema.load_state_dict(ckpt["model"])
-                opt.load_state_dict(ckpt["optimizer"])
-            except (RuntimeError, ValueError, KeyError) as exc:
-                raise FlagInputError(f"{last_path}: does not match this config's model "
-                                     f"({' '.join(str(exc).split())[:240]})") from exc
-            start = int(ckpt["step"])
-            state.update(ckpt["train_state"])
-        common["model_config"] = model.cfg.to_dict()
-        common["gene_prior"] = data.gene_prior
-        common["prior_mask"] = data.prior_mask
-
-        n_train = len(data.train)
-        total = cfg.steps if cfg.epochs is None else cfg.epochs * math.ceil(n_train / world)
-        train_slides = [s.to(device) for s in data.train]
-        step_mod: nn.Module = _StepModule(model)
-        if world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            step_mod = DDP(step_mod, device_ids=[device.index] if device.type == "cuda" else None,
-                           find_unused_parameters=True)
-
-        def save(path: Path, step: int) -> Path:
-            if not is_main:
-                return path
-            rng = {"torch": torch.get_rng_state(), "seed": cfg.seed}
-            if device.type == "cuda":
-                rng["cuda"] = torch.cuda.get_rng_state(device)
-            save_checkpoint(
-                path, model_state=ema.state_dict(), model_raw=model.state_dict(), optimizer=opt.state_dict(),
-                rng=rng, train_state=dict(state), step=step, epoch=_epoch_of(step, world, n_train),
-                metrics=state["history"][-1] if state["history"] else {}, **common,
-            )
-            emit("on_checkpoint", str(path))
-            return path
-
-        def run_validation(step: int) -> bool:
-            """Validate on rank 0; returns True when early stopping triggers (on every rank)."""
-            stop_now = False
-            if is_main and data.val:
-                metrics = validate(ema, data.val, data, cfg)
-                metrics["step"] = step
-                state["history"].append({k: v for k, v in metrics.items()})
-                val = float(metrics.get(cfg.val_metric, float("nan")))
-                improved = _better(val, state["best"], cfg.val_metric)
-                if improved:
-                    state["best"], state["best_step"], state["bad"] = val, step, 0
-                else:
-                    state["bad"] += 1
-                _json_line(log_path, {"event": "validation", **{k: v for k, v in metrics.items()}})
-                emit("on_validation", step, metrics)
-                if improved:
-                    save(best_path, step)
-                stop_now = cfg.patience > 0 and state["bad"] >= cfg.patience
-            return _any_rank(stop_now, world, device)
-
-        # ---- loop ----------------------------------------------------------
-        step = start
-        status = "finished"
-        stopped = lambda: stop is not None and stop.is_set()  # noqa: E731
-        last_val_step = start if ckpt is not None and state["history"] else -1
-        while step < total:
-            if _any_rank(stopped(), world, device):
-                status = "stopped"
-                break
-            si, epoch = _slide_for(step, rank, world, n_train, cfg.seed)
-            sl = train_slides[si]
-            torch.manual_seed(_step_seed(cfg.seed, step, rank))
-            idx = None
-            if 0 < cfg.batch_spots < sl.n_spots:
-                idx = torch.randperm(sl.n_spots)[: cfg.batch_spots].to(device)
-            x0 = sl.targets if idx is None else sl.targets[idx]
-            lr = _lr_at(cfg, step, total)
-            for g in opt.param_groups:
-                g["lr"] = lr
-            model.train()
-            losses = step_mod(sl.feats, sl.graph, x0, idx)
-            opt.zero_grad(set_to_none=True)
-            losses["loss"].backward()
-            params = [p for p in model.parameters() if p.grad is not None]
-            gn = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            opt.step()
-            _ema_update(ema, model, min(cfg.ema_decay, (1.0 + step) / (10.0 + step)))
-            step += 1
-            rec = {k: float(v.detach()) for k, v in losses.items()}
-            rec.update(lr=lr, grad_norm=float(gn), slide=sl.sample_id)
-            if not np.isfinite(rec["loss"]):
-                raise FloatingPointError(f"training diverged at step {step} (loss {rec['loss']}); lower lr")
-            emit("on_step", step, rec)
-            if is_main and (step % max(cfg.log_every, 1) == 0 or step == total):
-                _json_line(log_path, {"event": "step", "step": step, **rec})
-            if _epoch_of(step, world, n_train) > _epoch_of(step - 1, world, n_train):
-                emit("on_epoch", _epoch_of(step, world, n_train), {"step": step, "loss": rec["loss"]})
-            early = False
-            if cfg.val_every > 0 and step % cfg.val_every == 0 and step < total:
-                early = run_validation(step)
-                last_val_step = step
-                save(last_path, step)
-            elif cfg.ckpt_every > 0 and step % cfg.ckpt_every == 0:
-                save(last_path, step)
-            elif cfg.ckpt_every == 0 and _epoch_of(step, world, n_train) > _epoch_of(step - 1, world, n_train):
-                save(last_path, step)  # once per epoch: a killed run loses at most one epoch
-            if early:
-                status = "early_stopped"
-                break
-        if status == "finished" and data.val and last_val_step != step:
-            run_validation(step)
-        state["status"] = status
-        save(last_path, step)
-        if world > 1:
+            return _fit_baseline(run)
+        run.build()
+        step, status = run.loop()
+        if run.world > 1:
             import torch.distributed as dist
 
             dist.barrier()
-        return TrainResult(
-            out_dir=str(out_dir),
-            last_path=str(last_path),
-            best_path=str(best_path if best_path.is_file() else last_path),
-            step=step,
-            epoch=_epoch_of(step, world, n_train),
-            status=status,
-            best_metric=state["best"],
-            genes=list(data.genes),
-            history=list(state["history"]),
-            seconds=time.time() - t0,
-            model=ema,
-        )
+        return run.result(step, status)
     finally:
         if created_pg:
             import torch.distributed as dist
@@ -543,31 +549,27 @@ def train(
             dist.destroy_process_group()
 
 
-def _fit_baseline(cfg, data, common, emit, out_dir: Path, t0: float, is_main: bool) -> TrainResult:
+def _fit_baseline(run: _Run) -> TrainResult:
     """Ridge / MLP: fit once on every training spot, validate, save (rank 0 only)."""
-    from ..checkpoint import save_checkpoint
-    from ..model.baselines import MLPBaseline, RidgeBaseline
-
-    cls = {"ridge": RidgeBaseline, "mlp": MLPBaseline}[cfg.method]
+    cfg, data = run.cfg, run.data
     kw = dict(cfg.baseline)
     kw.setdefault("seed", cfg.seed)
-    model = cls(**kw)
-    emit("on_log", f"fitting {cfg.method} on {sum(s.n_spots for s in data.train)} spots")
+    model = BASELINES[cfg.method](**kw)
+    run.emit("on_log", f"fitting {cfg.method} on {sum(s.n_spots for s in data.train)} spots")
     model.fit([s.feats.cpu().numpy() for s in data.train], [s.targets.cpu().numpy() for s in data.train])
     history, best = [], None
     if data.val:
-        metrics = validate(model, data.val, data, cfg)
+        metrics = validate(model, data.val, data.panel, cfg)
         metrics["step"] = 1
         history.append(metrics)
         best = float(metrics.get(cfg.val_metric, float("nan")))
-        emit("on_validation", 1, metrics)
-        if is_main:
-            _json_line(out_dir / "train_log.jsonl", {"event": "validation", **metrics})
-    last = out_dir / "last.pt"
-    if is_main:
+        run.emit("on_validation", 1, metrics)
+        if run.is_main:
+            _json_line(run.log_path, {"event": "validation", **metrics})
+    if run.is_main:
         state = {"best": best, "best_step": 1, "bad": 0, "history": history, "status": "finished"}
-        save_checkpoint(last, model_state=model.state_dict(), step=1, epoch=1, train_state=state,
-                        metrics=history[-1] if history else {}, **common)
-        emit("on_checkpoint", str(last))
-    return TrainResult(str(out_dir), str(last), str(last), 1, 1, "finished", best, list(data.genes),
-                       history, time.time() - t0, model)
+        save_checkpoint(run.last_path, model_state=model.state_dict(), step=1, epoch=1, train_state=state,
+                        metrics=history[-1] if history else {}, **run.common)
+        run.emit("on_checkpoint", str(run.last_path))
+    return TrainResult(str(run.out_dir), str(run.last_path), str(run.last_path), 1, 1, "finished", best,
+                       list(data.genes), history, time.time() - run.t0, model)

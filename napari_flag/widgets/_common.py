@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -17,6 +19,7 @@ import numpy as np
 from psygnal import Signal
 
 from .. import layers as L
+from . import _analysis
 from ..errors import FlagInputError
 
 log = logging.getLogger("napari_flag")
@@ -370,6 +373,10 @@ class FlagSession:
         self.gene: str | None = None
         self.clim: tuple[float, float] | None = None
         self._keys: set[str] = set()  # predictions added in this viewer
+        self._sample_keys: set[str] = set()  # samples whose layers this viewer shows
+        self.evaluations: dict[str, dict] = {}  # per-prediction metrics (widgets/_analysis.py)
+        self.lock = threading.Lock()  # evaluations are computed in worker threads
+        viewer.layers.events.inserted.connect(self._on_inserted)
         viewer.layers.events.removed.connect(self._on_layers_changed)
 
     @property
@@ -407,14 +414,21 @@ class FlagSession:
         lyr = prediction_layers(self.viewer, key, ("pred",)).get("pred")
         return lyr.metadata.get("gene") if lyr is not None else None
 
+    def _on_inserted(self, event=None) -> None:
+        key = flag_meta(getattr(event, "value", None)).get("sample_key") if event is not None else None
+        if key:
+            self._sample_keys.add(key)
+
     def _on_layers_changed(self, event=None) -> None:
         keys = prediction_keys(self.viewer)
         for gone in self._keys - set(keys):  # its last layer was deleted: free the arrays
             self._keys.discard(gone)
             L.forget_prediction(gone)
-            from . import _analysis
-
-            _analysis.forget(gone)
+            _analysis.forget(self, gone)
+        shown = {flag_meta(lyr).get("sample_key") for lyr in self.viewer.layers}
+        for gone in self._sample_keys - shown:  # a slide's last layer is gone: free its image and counts
+            L.forget_sample(gone)
+        self._sample_keys &= shown
         self.predictions_updated.emit()
         if self.prediction_key is not None and self.prediction_key not in keys:
             self.prediction_key = None
@@ -466,14 +480,35 @@ def get_session(viewer) -> FlagSession:
     return s
 
 
+@dataclass(frozen=True)
+class Failed:
+    """A worker's job raised ``error`` (for the job about ``key``, when it has one)."""
+
+    error: BaseException
+    key: Any = None
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    """A worker stopped at a cancel request; nothing unfinished was delivered."""
+
+
+@dataclass(frozen=True)
+class Done:
+    """A worker's job about ``key`` finished with ``value``."""
+
+    key: Any
+    value: Any
+
+
 def run_worker(gen_fn: Callable, *args: Any, cancel=None, **kwargs: Any):
     """A napari ``thread_worker`` over the generator ``gen_fn(*args, **kwargs)``.
 
-    Errors are *yielded* as ``("error", exc)`` rather than raised, so napari
-    never shows a traceback.  ``cancel`` (a ``threading.Event``) is checked at
-    every event: once set, the inner generator is closed *in the worker
-    thread* (its cleanup, e.g. stopping a sampler after the current step, never
-    blocks the UI), nothing more is forwarded and ``("cancelled",)`` is yielded.
+    Errors are *yielded* as :class:`Failed` rather than raised, so napari never
+    shows a traceback.  ``cancel`` (a ``threading.Event``) is checked at every
+    event: once set, the inner generator is closed *in the worker thread* (its
+    cleanup, e.g. stopping a sampler after the current step, never blocks the
+    UI), nothing more is forwarded and :class:`Cancelled` is yielded.
     """
     from napari.qt.threading import create_worker
 
@@ -486,9 +521,9 @@ def run_worker(gen_fn: Callable, *args: Any, cancel=None, **kwargs: Any):
                 yield ev
             if cancel is not None and cancel.is_set():
                 gen.close()
-                yield ("cancelled",)
+                yield Cancelled()
         except Exception as exc:
-            yield ("error", exc)
+            yield Failed(exc)
         finally:
             gen.close()
 
@@ -511,9 +546,7 @@ class EvaluationJob:
         return self._worker is not None
 
     def _start_evaluation(self, key: str) -> None:
-        from . import _analysis
-
-        ev = _analysis.cached(key)
+        ev = _analysis.cached(self.session, key)
         if ev is not None:
             self._show(key, ev)
             return
@@ -523,9 +556,9 @@ class EvaluationJob:
 
         def job(k):
             try:
-                yield ("result", k, _analysis.evaluation(k))
+                yield Done(k, _analysis.evaluation(self.session, k))
             except Exception as exc:  # reported in the UI, remembered so it is not retried
-                yield ("failed", k, exc)
+                yield Failed(exc, k)
 
         self._worker = run_worker(job, key)
         self._worker.yielded.connect(self._on_event)
@@ -533,20 +566,18 @@ class EvaluationJob:
         self._worker.start()
 
     def _on_event(self, ev) -> None:
-        if ev[0] == "result":
-            self._show(ev[1], ev[2])
-        elif ev[0] in ("error", "failed"):
-            exc = ev[-1]
-            if ev[0] == "failed":
-                self._failed.add(ev[1])
+        if isinstance(ev, Done):
+            self._show(ev.key, ev.value)
+        elif isinstance(ev, Failed):
+            exc = ev.error
+            if ev.key is not None:
+                self._failed.add(ev.key)
             self.title.setText(f"No {self._what}: {error_message(exc)}")
             if not isinstance(exc, FlagInputError):  # expected gaps (no truth) are not errors
                 show_error(exc)
 
     def _on_finished(self) -> None:
-        from . import _analysis
-
         self._worker = None
         key = self.session.prediction_key
-        if key and key not in self._failed and _analysis.cached(key) is None:
+        if key and key not in self._failed and _analysis.cached(self.session, key) is None:
             self.compute()  # the prediction changed while computing

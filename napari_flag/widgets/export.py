@@ -96,7 +96,7 @@ class ExportWidget(QWidget):
 
     @report_errors
     def save_h5ad(self) -> list[Path]:
-        from ..predict import write_prediction
+        from ..inference import write_prediction
 
         ad = self._prediction()
         if ad is None:

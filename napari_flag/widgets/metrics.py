@@ -1,7 +1,8 @@
 """Metrics panel: slide-level PCC, MSE, GSC, SSC, ARI/NMI, DEG overlap and a
 sortable per-gene PCC table whose rows pick the displayed gene.
 
-Numbers come from :func:`napari_flag.metrics.evaluate_slide` (run in a worker
+Numbers come from :func:`napari_flag.metrics.evaluate_adata`, as in
+``napari-flag evaluate`` (run in a worker
 thread: the spatial-domain clustering takes a moment on big slides).
 """
 from __future__ import annotations
@@ -140,7 +141,7 @@ class MetricsWidget(EvaluationJob, QWidget):
         if key is None:
             return
         if force:
-            _analysis.forget(key)
+            _analysis.forget(self.session, key)
             self._failed.discard(key)
         self._start_evaluation(key)
 
@@ -153,8 +154,10 @@ class MetricsWidget(EvaluationJob, QWidget):
             self.summary.setItem(i, 1, QTableWidgetItem("–" if not np.isfinite(v) else f"{v:.3f}"))
         ad = self.session.prediction
         sid = ad.uns.get("flag", {}).get("sample_id", "") if ad is not None else ""
-        self.title.setText(f"{sid}: {len(ev['genes'])} genes, {ad.n_obs if ad is not None else '?'} spots "
-                           f"(grid: {ev['grid']})")
+        text = f"{sid}: {len(ev['genes'])} genes, {ad.n_obs if ad is not None else '?'} spots (grid: {ev['grid']})"
+        if ev.get("note"):  # an in-sample score says little about new slides
+            text = f"<b>{ev['note']}</b>: these scores are not a held-out estimate.<br>{text}"
+        self.title.setText(text)
         fill_gene_table(self.genes, ev["genes"], [ev["pcc"], ev["mean_true"], ev["mean_pred"]])
         if self.session.gene:
             select_gene_row(self.genes, self.session.gene)

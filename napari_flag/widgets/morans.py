@@ -192,7 +192,7 @@ class MoransWidget(EvaluationJob, QWidget):
         key, gene = self.session.prediction_key, self.session.gene
         if key is None or gene is None:
             return
-        vals = _analysis.local_moran(key, gene)
+        vals = _analysis.local_moran(self.session, key, gene)
         clim = L.symmetric_limits(np.concatenate(list(vals.values())))
         have = prediction_layers(self.viewer, key, ("lisa_truth", "lisa_pred"))
         pred = prediction_layers(self.viewer, key, ("pred",)).get("pred")

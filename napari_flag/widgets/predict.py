@@ -1,6 +1,6 @@
 """Predict widget: slide layer(s) + checkpoint -> prediction, truth and uncertainty layers.
 
-The work is :func:`napari_flag.predict.iter_predict` in a napari thread
+The work is :func:`napari_flag.inference.iter_predict` in a napari thread
 worker; its progress events drive the progress bar.  Layers are added only
 when a slide's result arrives, so Cancel (honoured at the next sampler or
 feature batch) never leaves half-made layers behind.
@@ -8,6 +8,7 @@ feature batch) never leaves half-made layers behind.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from pathlib import Path
 
 from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
@@ -24,7 +25,10 @@ from qtpy.QtWidgets import (
 )
 
 from .. import layers as L
+from ..inference import Progress, Result, iter_predict
 from ._common import (
+    Cancelled,
+    Failed,
     unwrap_viewer,
     flag_meta,
     get_session,
@@ -47,22 +51,23 @@ def _default_checkpoint() -> str:
     return str(p) if p.is_file() else ""
 
 
-def _predict_jobs(jobs, checkpoint, steps, samples, device):
-    """Worker body: every slide in turn; events carry the slide index."""
-    from ..data import load_sample
-    from ..predict import iter_predict
+@dataclass(frozen=True)
+class SlideEvent:
+    """An event of slide ``index`` of ``count`` (``meta``: its layer's napari-flag metadata)."""
 
+    index: int
+    count: int
+    meta: dict
+    event: Progress | Result
+
+
+def _predict_jobs(jobs, checkpoint, steps, samples, device):
+    """Worker body: every slide in turn, through the one inference path."""
     n = len(jobs)
     for i, (meta, sample, source) in enumerate(jobs):
-        if sample is None:
-            yield ("progress", i, n, 0, 1, f"loading {source}")
-            sample = load_sample(source)
-        for ev in iter_predict(sample, checkpoint=checkpoint or None, steps=steps or None,
-                               samples=samples or None, device=device):
-            if ev[0] == "progress":
-                yield ("progress", i, n, int(ev[1]), int(ev[2]), str(ev[3]))
-            elif ev[0] == "result":
-                yield ("result", i, n, meta, ev[1])
+        for ev in iter_predict(sample if sample is not None else source, checkpoint=checkpoint or None,
+                               steps=steps or None, samples=samples or None, device=device):
+            yield SlideEvent(i, n, meta, ev)
 
 
 def add_prediction_layers(viewer, adata, slide_meta: dict | None = None) -> str:
@@ -76,7 +81,7 @@ def add_prediction_layers(viewer, adata, slide_meta: dict | None = None) -> str:
         if meta.get(k) is None and info.get(k) is not None:
             meta[k] = info[k]
     session = get_session(viewer)
-    key = L.register_prediction(adata, meta.get("sample_key"))
+    key = L.register_prediction(adata)
     gene = session.gene if session.gene in adata.var_names else None
     for data, kwargs, ltype in L.prediction_to_layer_data(adata, gene=gene, meta=meta, key=key):
         viewer.add_layer(Layer.create(data, kwargs, ltype))
@@ -224,22 +229,20 @@ class PredictWidget(QWidget):
             self.status.setText("cancelling after the current step…")
 
     def _on_event(self, ev) -> None:
-        kind = ev[0]
-        if kind == "progress":
-            _, i, n, done, total, msg = ev
-            total = max(int(total), 1)
+        if isinstance(ev, SlideEvent) and isinstance(ev.event, Progress):
+            p = ev.event
+            total = max(p.total, 1)
             self.bar.setRange(0, total)
-            self.bar.setValue(min(int(done), total))
-            prefix = f"slide {i + 1}/{n}: " if n > 1 else ""
-            self.status.setText(f"{prefix}{msg} {done}/{total}")
-            self.progress.emit(int(done), total, str(msg))
-        elif kind == "result":
-            _, i, n, meta, adata = ev
-            self._add_result(meta, adata)
-        elif kind == "error":
+            self.bar.setValue(min(p.done, total))
+            prefix = f"slide {ev.index + 1}/{ev.count}: " if ev.count > 1 else ""
+            self.status.setText(f"{prefix}{p.stage} {p.done}/{total}")
+            self.progress.emit(p.done, total, p.stage)
+        elif isinstance(ev, SlideEvent):
+            self._add_result(ev.meta, ev.event.adata)
+        elif isinstance(ev, Failed):
             self._outcome = "error"
-            show_error(ev[1])
-        elif kind == "cancelled":
+            show_error(ev.error)
+        elif isinstance(ev, Cancelled):
             self._outcome = "cancelled"
 
     @report_errors

@@ -1,15 +1,15 @@
 """Trainer widget: the same training library as ``napari-flag-train``, in the viewer.
 
 Slides come from open layers (their dataset id or path) or typed ids/paths.
-:func:`napari_flag.training.train` runs in a plain thread; its callbacks put
-events on a queue, which a napari generator worker drains and yields to the
-widget (loss curve, validation metrics, checkpoint list).  Stop sets the
+:func:`napari_flag.training.train` runs in a helper thread; its callbacks become
+:class:`~napari_flag.training.TrainEvent` s through the same bridge prediction
+uses (:func:`napari_flag.inference.callback_events`), which a napari generator
+worker yields to the widget (loss curve, validation metrics, checkpoint list).  Stop sets the
 training's stop flag: the current step finishes, ``last.pt`` is saved and the
 run returns with status ``"stopped"``.
 """
 from __future__ import annotations
 
-import queue
 import threading
 import time
 from pathlib import Path
@@ -27,7 +27,11 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ..inference import callback_events
+from ..model import METHODS
+from ..training import TrainConfig, TrainEvent, event_callbacks, train
 from ._common import (
+    Failed,
     flag_meta,
     get_session,
     layer_source,
@@ -39,46 +43,12 @@ from ._common import (
     unwrap_viewer,
 )
 
-_END = object()
-
 
 def _train_events(cfg, stop: threading.Event):
-    """Worker body: run ``train`` in a helper thread and re-yield its callbacks."""
-    from ..training import train
-
-    q: queue.Queue = queue.Queue()
-    box: dict = {}
-    callbacks = {
-        "on_progress": lambda stage, done, total: q.put(("progress", str(stage), int(done), int(total))),
-        "on_log": lambda msg: q.put(("log", str(msg))),
-        "on_step": lambda step, losses: q.put(("step", int(step), dict(losses))),
-        "on_validation": lambda step, metrics: q.put(
-            ("validation", int(step), {k: v for k, v in metrics.items() if k != "per_slide"})
-        ),
-        "on_checkpoint": lambda path: q.put(("checkpoint", str(path))),
-    }
-
-    def target():
-        try:
-            box["result"] = train(cfg, callbacks=callbacks, stop=stop)
-        except BaseException as exc:  # handed to the worker thread
-            box["error"] = exc
-        finally:
-            q.put(_END)
-
-    t = threading.Thread(target=target, name="napari-flag train", daemon=True)
-    t.start()
-    while True:
-        item = q.get()
-        if item is _END:
-            break
-        yield item
-    t.join()
-    if "error" in box:
-        raise box["error"]
-    r = box["result"]
-    yield ("done", {"status": r.status, "step": r.step, "last_path": r.last_path, "best_path": r.best_path,
-                    "best_metric": r.best_metric, "seconds": r.seconds})
+    """Worker body: ``train`` in a helper thread, its reports as :class:`TrainEvent` s, then ``done``."""
+    r = yield from callback_events(lambda emit: train(cfg, callbacks=event_callbacks(emit), stop=stop))
+    yield TrainEvent("done", r.step, {"status": r.status, "step": r.step, "last_path": r.last_path,
+                                      "best_path": r.best_path, "best_metric": r.best_metric, "seconds": r.seconds})
 
 
 class LossPlot(QWidget):
@@ -164,7 +134,6 @@ class TrainerWidget(QWidget):
         self.train_extra = LineEdit(name="train_extra", label="more training",
                                     tooltip="Dataset ids or paths, comma-separated (e.g. her2st:C3, her2st:C4)")
         self.val_extra = LineEdit(name="val_extra", label="more validation", tooltip="Dataset ids or paths")
-        from ..training.config import METHODS
 
         self.form = Container(
             widgets=[
@@ -252,7 +221,6 @@ class TrainerWidget(QWidget):
 
     def config(self):
         """The :class:`TrainConfig` the form describes."""
-        from ..training import TrainConfig
 
         f = self.form
         train = self._chosen(self.train_list, self.train_extra.value)
@@ -304,16 +272,23 @@ class TrainerWidget(QWidget):
             self.status.setText("stopping after the current step…")
 
     def _on_event(self, ev) -> None:
-        kind = ev[0]
+        if isinstance(ev, Failed):
+            self._outcome = "error"
+            self.status.setText("failed (see notification)")
+            show_error(ev.error)
+            return
+        if not isinstance(ev, TrainEvent):
+            return
+        kind = ev.kind
         if kind == "progress":
-            _, stage, done, total = ev
+            stage, done, total = ev.data
             self.bar.setRange(0, max(total, 1))
             self.bar.setValue(min(done, max(total, 1)))
             self.status.setText(f"{stage} {done}/{total}")
         elif kind == "log":
-            self.status.setText(ev[1])
+            self.status.setText(ev.data)
         elif kind == "step":
-            _, step, losses = ev
+            step, losses = ev.step, ev.data
             self.bar.setRange(0, max(self._total, 1))
             self.bar.setValue(min(step, self._total))
             self.plot.add_step(step, float(losses.get("loss", float("nan"))))
@@ -321,27 +296,24 @@ class TrainerWidget(QWidget):
                 self.status.setText(f"step {step}/{self._total}  loss {losses.get('loss', float('nan')):.4f}")
             self.step_done.emit(step, losses)
         elif kind == "validation":
-            _, step, m = ev
+            step, m = ev.step, ev.data
             self.plot.add_validation(step, m)
             txt = "  ".join(f"{k} {m[k]:.3f}" for k in ("PCC", "SSC", "GSC", "MSE") if k in m)
             self.status.setText(f"validation @ {step}: {txt}")
         elif kind == "checkpoint":
-            path = ev[1]
+            path = ev.data
             if not self.ckpts.findItems(path, Qt.MatchExactly):
                 self.ckpts.addItem(path)
             self.checkpoint_written.emit(path)
         elif kind == "done":
-            self.result = ev[1]
-            self._outcome = ev[1]["status"]
+            r = ev.data
+            self.result = r
+            self._outcome = r["status"]
             self.plot.redraw(force=True)
             self.status.setText(
-                f"{ev[1]['status']} at step {ev[1]['step']} in {ev[1]['seconds']:.0f} s; "
-                f"best: {Path(ev[1]['best_path']).name if ev[1]['best_path'] else '–'}"
+                f"{r['status']} at step {r['step']} in {r['seconds']:.0f} s; "
+                f"best: {Path(r['best_path']).name if r['best_path'] else '–'}"
             )
-        elif kind == "error":
-            self._outcome = "error"
-            self.status.setText("failed (see notification)")
-            show_error(ev[1])
 
     def _on_finished(self) -> None:
         self._worker = None

@@ -1,0 +1,450 @@
+"""The one path from a slide to a prediction: sample -> features -> graph -> model -> samples -> AnnData.
+
+The CLI (``napari-flag predict``), the *Predict expression* widget, validation
+during training and the benchmarks all go through here, so a checkpoint applied
+to a new slide sees its inputs built exactly as during training.  Nothing here
+imports :mod:`napari_flag.training`: a prediction runs without training code.
+
+* :func:`prepare_slide` - features, spatial graph and (when the slide has
+  counts) targets of one sample, as a :class:`SlideData`.
+* :func:`predict_arrays` - a model on a prepared slide: target-scale mean, std
+  and samples.
+* :func:`iter_predict` - the whole path from a sample or path and a checkpoint,
+  as a generator of :class:`Progress` events ending in a :class:`Result`; a
+  napari ``thread_worker`` forwards them, and closing it cancels.
+  :func:`predict_sample` is the same as a plain call.
+* :func:`callback_events` - the bridge from a callback-style job (features,
+  sampling, training) in a helper thread to such a generator.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from . import __version__
+from ._io import atomic_path
+from . import checkpoint as _checkpoint
+from .checkpoint import NO_DEFAULT_MODEL, load_model
+from .data.panel import GenePanel
+from .errors import FlagCancelled, FlagInputError
+from .features import compute_features, get_encoder
+from .features.encoders import resolve_device
+from .graph import build_spatial_graph
+from .metrics import array_rc
+from .model import sample_expression
+
+__all__ = [
+    "Progress",
+    "Result",
+    "SlideData",
+    "GenePanel",
+    "prepare_slide",
+    "predict_arrays",
+    "iter_predict",
+    "predict_sample",
+    "write_prediction",
+    "callback_events",
+    "encoder_identity",
+    "make_encoder",
+    "encoder_for_checkpoint",
+    "resolve_device",
+]
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """``done`` of ``total`` units of ``stage`` ("features", "sampling", ...) are finished."""
+
+    stage: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Result:
+    """The prediction of one slide (see :func:`iter_predict` for its layout)."""
+
+    adata: Any
+
+
+@dataclass
+class SlideData:
+    """One slide, ready for the model.  ``targets`` are standardised; ``truth`` is on the target scale."""
+
+    sample_id: str
+    feats: torch.Tensor  # (S, D) float32
+    graph: Any  # SpatialGraph
+    coords: np.ndarray  # (S, 2) full-resolution pixels (isotropic; used for metrics)
+    grid: str | None
+    array_rc: np.ndarray | None = None  # (S, 2) array row/col: the lattice Moran's I is defined on
+    targets: torch.Tensor | None = None  # (S, G) standardised, finite
+    truth: np.ndarray | None = None  # (S, G) target scale, NaN for genes the slide lacks
+    gene_ok: np.ndarray | None = None  # (G,) bool, genes present in the slide
+
+    @property
+    def n_spots(self) -> int:
+        return int(self.feats.shape[0])
+
+    def to(self, device) -> "SlideData":
+        return SlideData(
+            self.sample_id,
+            self.feats.to(device),
+            self.graph.to(device) if self.graph is not None else None,
+            self.coords,
+            self.grid,
+            self.array_rc,
+            None if self.targets is None else self.targets.to(device),
+            self.truth,
+            self.gene_ok,
+        )
+
+
+# ----------------------------------------------------------------------------- encoder
+def _jsonable_kw(kw: dict) -> dict:
+    out = {}
+    for k, v in (kw or {}).items():
+        if isinstance(v, Path):
+            v = str(v)
+        if isinstance(v, (str, int, float, bool)) or v is None:
+            out[str(k)] = v
+        elif isinstance(v, (list, tuple)):
+            out[str(k)] = list(v)
+        else:
+            out[str(k)] = str(v)
+    return out
+
+
+def make_encoder(name: str, device="auto", kw: dict | None = None):
+    kw = dict(kw or {})
+    kw.pop("device", None)
+    return get_encoder(name, device=device, **kw)
+
+
+def encoder_identity(encoder, kw: dict | None = None) -> dict:
+    """What a checkpoint records so prediction rebuilds the same encoder (and can check it)."""
+    return {
+        "name": str(encoder.name),
+        "dim": int(encoder.dim),
+        "patch_um": float(encoder.patch_um),
+        "patch_px": int(encoder.patch_px),
+        "weights_id": str(getattr(encoder, "weights_id", "") or ""),
+        "kw": _jsonable_kw(kw or {}),
+    }
+
+
+def encoder_for_checkpoint(meta: dict, device="cpu"):
+    """Rebuild the encoder a checkpoint was trained with (same name, weights, patch geometry)."""
+    ident = dict(meta["encoder"])
+    kw = dict(ident.get("kw") or {})
+    kw["patch_um"] = float(ident["patch_um"])
+    kw["patch_px"] = int(ident["patch_px"])
+    enc = make_encoder(ident["name"], device, kw)
+    if meta.get("feat_dim") is not None and int(enc.dim) != int(meta["feat_dim"]):
+        raise FlagInputError(
+            f"{meta.get('path')}: model expects {meta['feat_dim']}-d features but encoder "
+            f"{ident['name']!r} gives {enc.dim}-d"
+        )
+    want = ident.get("weights_id") or ""
+    have = getattr(enc, "weights_id", "") or ""
+    if want and have and want != have:
+        warnings.warn(
+            f"encoder weights differ from training ({have} vs {want}); predictions may be off",
+            RuntimeWarning, stacklevel=2,
+        )
+    return enc
+
+
+# ----------------------------------------------------------------------------- slide
+def spot_coords_um(sample) -> np.ndarray:
+    """Spot centres in microns; pixels when the pixel size is unknown (the graph's
+    distance weight is scale-free, so only ``radius_um`` is then off)."""
+    c = sample.coords_um
+    if c is None:
+        warnings.warn(
+            f"{sample.source or sample.sample_id}: pixel size unknown; graph distances in pixels",
+            RuntimeWarning, stacklevel=2,
+        )
+        c = sample.coords
+    return np.asarray(c, dtype=np.float64)
+
+
+def prepare_slide(
+    sample,
+    encoder,
+    graph: dict | None = None,
+    panel: GenePanel | None = None,
+    feature_cache: bool | str | Path = True,
+    batch_size: int = 32,
+    progress: ProgressFn | None = None,
+    feats: np.ndarray | None = None,
+) -> SlideData:
+    """Features (cached), spatial graph and, with ``panel`` and counts, the targets of one sample.
+
+    ``graph``: ``{"k": 8, "radius_um": None}`` as a checkpoint records it.
+    ``feats`` skips the encoder when the features are already at hand.
+    ``progress(done, total)`` follows the feature batches; raising from it aborts.
+    """
+    g = dict(graph or {})
+    if feats is None:
+        feats = compute_features(sample, encoder, batch_size=batch_size, cache=feature_cache, progress=progress)
+    feats = np.ascontiguousarray(feats, dtype=np.float32)
+    sg = build_spatial_graph(spot_coords_um(sample), feats, k=int(g.get("k") or 8), radius_um=g.get("radius_um"))
+    slide = SlideData(str(sample.sample_id), torch.from_numpy(feats), sg, sample.coords, sample.grid,
+                      array_rc(sample.adata))
+    if panel is not None and sample.has_counts:
+        slide.truth, slide.gene_ok = panel.targets(sample.adata)
+        slide.targets = torch.from_numpy(panel.standardise(slide.truth))
+    return slide
+
+
+# ----------------------------------------------------------------------------- model
+@torch.no_grad()
+def predict_arrays(model, slide: SlideData, panel: GenePanel, steps: int | None = None,
+                   samples: int | None = None, seed: int = 0, progress: ProgressFn | None = None,
+                   return_samples: bool = False, **sampler) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """Target-scale ``(mean, std, samples | None)`` of a model on a prepared slide.
+
+    ``sampler`` passes solver, temperature, antithetic, ... to
+    :func:`~napari_flag.model.sample_expression`.  Baselines (ridge, MLP) give
+    std 0 and their prediction as the one sample.
+    """
+    if not isinstance(model, torch.nn.Module):  # ridge / MLP baseline
+        pred = panel.to_target(model.predict(slide.feats.cpu().numpy()))
+        if progress:
+            progress(1, 1)
+        return pred, np.zeros_like(pred), (pred[None] if return_samples else None)
+    model.eval()
+    dev = model.device
+    h = model.encode_slide(slide.feats.to(dev), slide.graph.to(dev) if slide.graph is not None else None)
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    floor = torch.from_numpy(panel.floor).to(dev)
+    out = sample_expression(model, h, steps=steps, samples=samples, generator=gen, return_samples=return_samples,
+                            progress=progress, clip_min=floor, **sampler)
+    pred = panel.to_target(out["mean"].float().cpu().numpy())
+    sd = out["std"].float().cpu().numpy() * panel.std
+    smp = None
+    if return_samples and out.get("samples") is not None:
+        smp = panel.to_target(out["samples"].float().cpu().numpy())
+    return pred, sd, smp
+
+
+# ----------------------------------------------------------------------------- events
+def callback_events(fn: Callable[[Callable[[Any], None]], Any]):
+    """Run ``fn(emit)`` in a helper thread; yield every object it emits; return its result.
+
+    This is how a callback-style job (the feature encoder's batches, sampler
+    steps, a training run) becomes a generator a napari worker can drive.
+    Closing the generator (a cancelled worker) makes the next ``emit`` raise
+    :class:`FlagCancelled` inside ``fn``, so the job stops at its next event
+    and nothing keeps running in the background.  An exception in ``fn`` is
+    re-raised in the consumer's thread.
+    """
+    q: queue.Queue = queue.Queue()
+    cancelled = threading.Event()
+    box: dict[str, Any] = {}
+
+    def emit(event) -> None:
+        if cancelled.is_set():
+            raise FlagCancelled("cancelled")
+        q.put((event,))
+
+    def target() -> None:
+        try:
+            box["value"] = fn(emit)
+        except BaseException as exc:  # re-raised in the consumer's thread
+            box["error"] = exc
+        finally:
+            q.put(None)
+
+    t = threading.Thread(target=target, name="napari-flag job", daemon=True)
+    t.start()
+    try:
+        while (item := q.get()) is not None:
+            yield item[0]
+    finally:
+        cancelled.set()
+        t.join()
+    if "error" in box:
+        raise box["error"]
+    return box.get("value")
+
+
+def _staged(stage: str, fn: Callable[[ProgressFn], Any]):
+    """:func:`callback_events` for a job taking ``progress(done, total)``: yields :class:`Progress`."""
+    return callback_events(lambda emit: fn(lambda done, total: emit(Progress(stage, int(done), int(total)))))
+
+
+# ----------------------------------------------------------------------------- whole path
+def _resolve_checkpoint(checkpoint) -> Path:
+    if checkpoint is None:
+        p = _checkpoint.default_checkpoint_path()  # looked up at call time: one place to point elsewhere
+        if not p.is_file():
+            raise FlagInputError(NO_DEFAULT_MODEL)
+        return p
+    p = Path(checkpoint).expanduser()
+    if not p.is_file():
+        raise FlagInputError(f"{p}: checkpoint not found")
+    return p
+
+
+def _training_slides(meta) -> list[str]:
+    tc = meta.get("train_config") or {}
+    return [str(s) for s in (tc.get("train") or [])]
+
+
+def in_training_set(sample, slides: list[str]) -> bool:
+    """Whether ``sample`` is one of a model's training slides (by dataset id, source or id)."""
+    names = {str(sample.sample_id), str(sample.source or "")} - {""}
+    for s in slides:
+        if s in names or s.split(":", 1)[-1] in names:
+            return True
+    return False
+
+
+def iter_predict(
+    sample,
+    checkpoint=None,
+    steps: int | None = None,
+    samples: int | None = None,
+    device="auto",
+    seed: int = 0,
+    feature_cache: bool | str | Path = True,
+    keep_sample: bool = True,
+) -> Iterator[Progress | Result]:
+    """Yield :class:`Progress` events, then one :class:`Result`.
+
+    ``sample``: a :class:`~napari_flag.data.Sample` or anything ``load_sample``
+    accepts (dataset id, folder, ``.h5ad``, image).  ``checkpoint``: a file, or
+    ``None`` for the bundled default.  ``steps``/``samples`` default to the
+    checkpoint's sampler settings.  Stopping iteration early (``close()``) is a
+    clean cancel: nothing is returned and no helper thread keeps running.
+
+    The result has ``X`` = predicted mean on the target scale (clipped at 0),
+    ``layers["std"]`` (spread over samples), ``layers["sample"]`` (one sample,
+    when ``keep_sample`` and the model is generative), ``layers["truth"]`` when
+    the slide has counts (NaN columns for panel genes it lacks, listed in
+    ``uns["flag"]["truth_missing_genes"]``), ``obsm["spatial"]`` in full-res
+    pixels and the run's metadata in ``uns["flag"]``.
+    """
+    ckpt_path = _resolve_checkpoint(checkpoint)
+    if not hasattr(sample, "adata"):
+        from .data import load_sample
+
+        yield Progress("loading sample", 0, 1)
+        sample = load_sample(sample)
+        yield Progress("loading sample", 1, 1)
+    if sample.n_spots == 0:
+        raise FlagInputError(f"{sample.source or sample.sample_id}: no spots to predict")
+    if sample.image is None:
+        raise FlagInputError(f"{sample.source or sample.sample_id}: no H&E image; prediction needs one")
+
+    yield Progress("loading model", 0, 1)
+    dev = resolve_device(device)
+    model, meta = load_model(ckpt_path, dev)
+    panel = GenePanel.from_checkpoint(meta)
+    encoder = encoder_for_checkpoint(meta, dev)
+    yield Progress("loading model", 1, 1)
+
+    feats = yield from _staged("features", lambda cb: compute_features(sample, encoder, cache=feature_cache,
+                                                                        progress=cb))
+    yield Progress("graph", 0, 1)
+    slide = prepare_slide(sample, encoder, meta.get("graph"), panel, feats=feats)
+    yield Progress("graph", 1, 1)
+
+    generative = isinstance(model, torch.nn.Module) and model.cfg.mode == "diffusion"
+    if isinstance(model, torch.nn.Module):
+        steps = int(steps or model.cfg.sample_steps)
+        samples = int(samples or model.cfg.sample_count)
+    else:
+        steps, samples = 0, 1
+    pred, sd, smp = yield from _staged(
+        "sampling",
+        lambda cb: predict_arrays(model, slide, panel, steps=steps, samples=samples, seed=seed, progress=cb,
+                                  return_samples=keep_sample and generative),
+    )
+    out = _prediction_anndata(sample, slide, panel, pred, sd, smp)
+    slides = _training_slides(meta)
+    out.uns["flag"] = {
+        "checkpoint": str(ckpt_path),
+        "method": str(meta.method),
+        "steps": int(steps),
+        "samples": int(samples),
+        "solver": str(model.cfg.sample_solver) if generative else "",
+        "seed": int(seed),
+        "transform": panel.transform,
+        "sample_id": str(sample.sample_id),
+        "source": str(sample.source or ""),
+        "encoder": str(meta.encoder["name"]),
+        "encoder_dim": int(meta.encoder["dim"]),
+        "patch_um": float(meta.encoder["patch_um"]),
+        "patch_px": int(meta.encoder["patch_px"]),
+        "spot_diameter_px": float(sample.spot_diameter_px),
+        "version": str(__version__),
+        "model_version": str(meta.get("version", "")),
+        "training_slides": slides,
+        "in_training_set": bool(in_training_set(sample, slides)),
+        **({"grid": str(sample.grid)} if sample.grid else {}),
+        **({"pixel_size_um": float(sample.pixel_size_um)} if sample.pixel_size_um else {}),
+        **_truth_info(panel, slide),
+    }
+    yield Result(out)
+
+
+def _truth_info(panel: GenePanel, slide: SlideData) -> dict:
+    if slide.gene_ok is None or not slide.gene_ok.any():
+        return {}
+    info: dict[str, Any] = {"truth_genes": int(slide.gene_ok.sum())}
+    if not slide.gene_ok.all():
+        info["truth_missing_genes"] = [g for g, o in zip(panel.genes, slide.gene_ok) if not o]
+    return info
+
+
+def _prediction_anndata(sample, slide: SlideData, panel: GenePanel, pred, sd, smp):
+    import anndata as ad
+    import pandas as pd
+
+    obs = pd.DataFrame(index=pd.Index([str(s) for s in sample.spot_ids]))
+    for col in ("array_row", "array_col", "in_tissue"):
+        if col in sample.adata.obs:
+            obs[col] = np.asarray(sample.adata.obs[col])
+    out = ad.AnnData(X=pred.astype(np.float32), obs=obs, var=pd.DataFrame(index=pd.Index(list(panel.genes))))
+    out.layers["std"] = sd.astype(np.float32)
+    if smp is not None:
+        out.layers["sample"] = smp[0].astype(np.float32)
+    if slide.gene_ok is not None and slide.gene_ok.any():
+        out.layers["truth"] = slide.truth
+    out.obsm["spatial"] = np.asarray(sample.coords, dtype=np.float64)
+    return out
+
+
+def predict_sample(sample, checkpoint=None, steps: int | None = None, samples: int | None = None,
+                   device="auto", seed: int = 0, progress: Callable[[Progress], None] | None = None, **kw):
+    """Run :func:`iter_predict` to the end; ``progress(event)`` sees every :class:`Progress`."""
+    for ev in iter_predict(sample, checkpoint=checkpoint, steps=steps, samples=samples, device=device,
+                           seed=seed, **kw):
+        if isinstance(ev, Result):
+            return ev.adata
+        if progress is not None:
+            progress(ev)
+    raise RuntimeError("prediction ended without a result")  # pragma: no cover
+
+
+def write_prediction(adata, out: str | Path, overwrite: bool = False) -> Path:
+    """Write ``.h5ad`` via a temporary file in the same folder, then rename (never half a file)."""
+    out = Path(out).expanduser()
+    if out.exists() and not overwrite:
+        raise FlagInputError(f"{out}: already exists (use --overwrite to replace it)")
+    if not out.parent.is_dir():
+        raise FlagInputError(f"{out.parent}: output folder does not exist")
+    with atomic_path(out) as tmp:
+        adata.write_h5ad(tmp)
+    return out
