@@ -134,3 +134,25 @@ def her2st_tile(c2_slide):
     x, y = np.median(m.coords, axis=0).astype(int)
     return np.asarray(m.image.levels[0][y - 256 : y + 256, x - 256 : x + 256])
 
+
+class _Level0Guard:
+    """A pyramid level that fails when read: proves level 0 is never touched."""
+
+    def __init__(self, arr):
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def __getitem__(self, key):
+        raise AssertionError("level 0 was read")
+
+
+def level0_guarded(image):
+    """``image`` with a level 0 that must not be read (the other levels as they are)."""
+    from napari_flag.data.sample import SlideImage
+
+    return SlideImage([_Level0Guard(image.levels[0])] + list(image.levels[1:]), scale=image.scale,
+                      path=image.path, downsamples=list(image.downsamples))
+
+
+@pytest.fixture
+def guarded():
+    return level0_guarded
