@@ -8,6 +8,7 @@ import pytest
 
 from napari_flag.data import load_sample
 from napari_flag.data.images import write_ome_tiff
+from napari_flag.data.lattice import ST_LEGACY, virtual_spots
 from napari_flag.data.overview import read_overview
 from napari_flag.data.sample import SlideImage
 from napari_flag.data.tissue import detect_tissue
@@ -56,6 +57,8 @@ def test_blank_images_have_no_tissue(tmp_path, kind):
     with pytest.raises(FlagInputError) as e:
         detect_tissue(s.image, s.pixel_size_um, source=p)
     assert str(e.value) == f"{p}: no tissue found"
+    with pytest.raises(FlagInputError, match="no tissue found"):
+        virtual_spots(s, ST_LEGACY)
 
 
 def test_tissue_mask_drops_specks_and_keeps_big_holes(her2st_tile):
