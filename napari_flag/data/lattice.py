@@ -234,6 +234,8 @@ def virtual_spots(
     radius = geometry.diameter_px(px) / 2.0
     h, w = sample.image.fullres_shape
     bbox = tissue.bbox_fullres()
+    if bbox is None:
+        raise fail(name, "no tissue found")
     origin = (s / 2.0, s / 2.0)
     rows, cols, xy = lattice_points(
         geometry.lattice, s, (max(0.0, bbox[0] - s), min(w, bbox[2] + s)),
