@@ -40,6 +40,7 @@ __all__ = [
     "load_sample",
     "detect_format",
     "image_sample",
+    "with_pixel_size",
     "cache_dir",
     "fetch_her2st",
     "list_datasets",
@@ -147,12 +148,41 @@ def image_sample(path: str | Path, sample_id: str | None = None) -> Sample:
     )
 
 
-def load_sample(source: str | Path, sample_id: str | None = None) -> Sample:
+def with_pixel_size(sample: Sample, pixel_size_um) -> Sample:
+    """A copy of ``sample`` at a pixel size the user knows better than the file.
+
+    For scans whose file records none (JPEG, plain TIFF) or a wrong one.  The
+    value must be a positive number of microns per full-resolution pixel;
+    spot positions and the spot diameter in pixels are kept as they are.
+    ``metadata['pixel_size_source']`` says ``"user"`` and keeps the old value.
+    """
+    import dataclasses
+    import math
+
+    name = sample.source or sample.sample_id
+    try:
+        v = float(pixel_size_um)
+    except (TypeError, ValueError):
+        v = float("nan")
+    if isinstance(pixel_size_um, bool) or not (math.isfinite(v) and v > 0):
+        raise fail(name, f"pixel size must be a positive number of um per pixel, got {pixel_size_um!r}")
+    meta = dict(sample.metadata, pixel_size_source="user", pixel_size_um_file=sample.pixel_size_um)
+    return dataclasses.replace(sample, pixel_size_um=v, metadata=meta)
+
+
+def load_sample(source: str | Path, sample_id: str | None = None, pixel_size_um: float | None = None) -> Sample:
     """Read any supported slide into a :class:`Sample` (see the module docstring).
 
-    Errors are :class:`~napari_flag.errors.FlagInputError` with a one-line
-    message naming the file and the problem.
+    ``pixel_size_um`` overrides the pixel size found in (or derived from) the
+    file, see :func:`with_pixel_size`.  Errors are
+    :class:`~napari_flag.errors.FlagInputError` with a one-line message naming
+    the file and the problem.
     """
+    sample = _load(source, sample_id)
+    return sample if pixel_size_um is None else with_pixel_size(sample, pixel_size_um)
+
+
+def _load(source: str | Path, sample_id: str | None = None) -> Sample:
     if source is None or (isinstance(source, str) and not source.strip()):
         raise FlagInputError("no input given: expected a file, a folder or a dataset id such as 'her2st:C2'")
     kind = detect_format(source)

@@ -17,7 +17,7 @@ from ..errors import FlagInputError
 from ._util import check_coords, check_counts, check_in_image, fail, guess_grid, nn_distance_px, reading, require_file
 from .sample import Sample, SlideImage
 
-__all__ = ["read_h5ad", "write_h5ad", "sample_to_anndata", "image_thumbnail"]
+__all__ = ["read_h5ad", "write_h5ad", "sample_to_anndata", "image_thumbnail", "scanpy_spatial"]
 
 _PIXEL_KEYS = ("pixel_size_um", "pixel_size_um_embedded", "pixel_size_um_estimated", "microns_per_pixel", "mpp")
 
@@ -199,19 +199,48 @@ def image_thumbnail(image: SlideImage, factor: float) -> tuple[np.ndarray, float
     return np.ascontiguousarray(arr), factor
 
 
+def scanpy_spatial(sample: Sample, library_id: str | None = None, max_px: int | None = 2000) -> dict:
+    """``uns['spatial']`` in scanpy's layout, so ``sc.pl.spatial(adata)`` just works.
+
+    ``{library_id: {"images": {"hires": uint8 (h, w, 3)}, "scalefactors":
+    {"tissue_hires_scalef", "spot_diameter_fullres"}, "metadata": {}}}``.
+    The image is at most ``max_px`` on its long side, read from the pyramid
+    level nearest that size (never level 0 of a large slide);
+    ``tissue_hires_scalef`` maps ``obsm['spatial']`` (full-res px) onto it.
+    ``max_px=None`` (or 0) leaves the image out.
+    """
+    from PIL import Image
+
+    from .overview import read_overview
+
+    lib = str(library_id or sample.sample_id)
+    sf = {"spot_diameter_fullres": float(sample.spot_diameter_px)}
+    entry: dict = {"images": {}, "scalefactors": sf, "metadata": {}}
+    if sample.image is not None and max_px:
+        fh, fw = sample.image.fullres_shape
+        target = max(fh, fw) / float(max_px)
+        arr, f = read_overview(sample.image, target, max_px=4 * int(max_px) ** 2)
+        w = arr.shape[1]
+        size = (max(1, int(round(fw / target))), max(1, int(round(fh / target))))
+        if size[0] < w:  # finer than asked: output pixel i covers full-res [i t, (i+1) t), t = target
+            box = (0.0, 0.0, min(w, size[0] * target / f), min(arr.shape[0], size[1] * target / f))
+            arr = np.asarray(Image.fromarray(arr).resize(size, Image.LANCZOS, box=box))
+            sf["tissue_hires_scalef"] = float(1.0 / target)
+        else:
+            sf["tissue_hires_scalef"] = float(1.0 / f)
+        entry["images"]["hires"] = np.ascontiguousarray(arr)
+    return {lib: entry}
+
+
 def sample_to_anndata(sample: Sample, image_max_px: int | None = 2000, library_id: str | None = None):
     """A copy of ``sample.adata`` carrying the image and geometry in ``uns``."""
     a = sample.adata.copy()
     a.obsm["spatial"] = np.asarray(sample.coords, dtype=np.float64)
-    lib = str(library_id or sample.sample_id)
-    sf = {"spot_diameter_fullres": float(sample.spot_diameter_px)}
-    entry: dict = {"scalefactors": sf, "metadata": {}}
-    if sample.image is not None and image_max_px:
-        long_side = max(sample.image.fullres_shape)
-        thumb, f = image_thumbnail(sample.image, image_max_px / long_side)
-        entry["images"] = {"hires": thumb}
-        sf["tissue_hires_scalef"] = float(f)
-    a.uns["spatial"] = {lib: entry}
+    spatial = scanpy_spatial(sample, library_id=library_id, max_px=image_max_px)
+    entry = next(iter(spatial.values()))
+    if not entry["images"]:
+        del entry["images"]
+    a.uns["spatial"] = spatial
     nf = {"sample_id": str(sample.sample_id), "spot_diameter_px": float(sample.spot_diameter_px)}
     if sample.pixel_size_um is not None:
         nf["pixel_size_um"] = float(sample.pixel_size_um)

@@ -38,6 +38,7 @@ __all__ = [
     "AxesView",
     "LazyLevel",
     "write_pyramidal_tiff",
+    "write_ome_tiff",
 ]
 
 ENV_PYRAMID_DIR = "NAPARI_FLAG_PYRAMID_DIR"
@@ -158,7 +159,7 @@ def _tiff_pixel_size(tf) -> float | None:
             if m:
                 v = float(m.group(1))
                 unit = u.group(1) if u else "µm"
-                factor = {"µm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit, None)
+                factor = {"µm": 1.0, "\u03bcm": 1.0, "um": 1.0, "nm": 1e-3, "mm": 1e3, "cm": 1e4}.get(unit, None)
                 if factor:
                     return v * factor
         page = tf.pages[0]
@@ -166,18 +167,34 @@ def _tiff_pixel_size(tf) -> float | None:
         m = re.search(r"MPP\s*=\s*([0-9.]+)", desc)
         if m:
             return float(m.group(1))
-        tags = page.tags
-        if "XResolution" in tags and "ResolutionUnit" in tags:
-            num, den = tags["XResolution"].value
-            unit = int(tags["ResolutionUnit"].value)
-            if num and den:
-                px_per_unit = num / den
-                per = {2: 25400.0, 3: 10000.0}.get(unit)  # inch, centimetre
-                if per and px_per_unit > 1:
-                    return per / px_per_unit
+        return _resolution_um(page.tags)
     except Exception:  # metadata is a bonus, never a reason to fail
         return None
-    return None
+
+
+#: dots per inch that image software writes when it knows nothing (not a measurement)
+_DEFAULT_DPI = (72.0, 96.0, 300.0)
+
+
+def _resolution_um(tags) -> float | None:
+    """Microns per pixel from XResolution + ResolutionUnit (centimetre or inch).
+
+    Unit "none" carries no physical size, and 72/96/300 dpi per inch are what
+    image editors write by default, not what a scanner measured.
+    """
+    if "XResolution" not in tags or "ResolutionUnit" not in tags:
+        return None
+    num, den = tags["XResolution"].value
+    unit = int(tags["ResolutionUnit"].value)
+    if not (num and den):
+        return None
+    px_per_unit = num / den
+    per = {2: 25400.0, 3: 10000.0}.get(unit)  # inch, centimetre
+    if not per or not px_per_unit > 1:
+        return None
+    if unit == 2 and any(abs(px_per_unit - d) < 1e-6 for d in _DEFAULT_DPI):
+        return None
+    return per / px_per_unit
 
 
 def open_tiff(path: str | Path) -> tuple[SlideImage, float | None]:
@@ -574,6 +591,63 @@ def write_pyramidal_tiff(
             tw.write(levels[0], subifds=len(levels) - 1, metadata=None, **kw, **res)
             for lv in levels[1:]:
                 tw.write(lv, subfiletype=1, metadata=None, **kw)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path
+
+
+def write_ome_tiff(
+    image: np.ndarray,
+    path: str | Path,
+    pixel_size_um: float,
+    tile: int = 256,
+    levels: int | None = None,
+    compression: str | None = "jpeg",
+) -> Path:
+    """Write an RGB ``(Y, X, 3)`` uint8 array as a tiled pyramidal OME-TIFF.
+
+    OME-XML records ``PhysicalSizeX/Y`` in um, so any OME reader (QuPath,
+    napari, this package) gets the pixel size back.  ``levels`` counts the
+    pyramid levels including level 0; by default the image is halved until
+    its long side is under :data:`PYRAMID_MIN_PX`.  Written under a temporary
+    name and renamed, so a crash never leaves a half-written slide behind.
+    """
+    import tifffile
+
+    if not (pixel_size_um and np.isfinite(pixel_size_um) and pixel_size_um > 0):
+        raise fail(path, f"pixel size must be a positive number, got {pixel_size_um!r}")
+    image = np.ascontiguousarray(image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise fail(path, f"expected an RGB uint8 (Y, X, 3) image, got {image.dtype} {image.shape}")
+    pyramid = [image]
+    while (len(pyramid) < levels) if levels else (max(pyramid[-1].shape[:2]) >= PYRAMID_MIN_PX):
+        if min(pyramid[-1].shape[:2]) < 2:
+            break
+        pyramid.append(_downsample2(pyramid[-1]))
+    px = float(pixel_size_um)
+    kw = dict(tile=(tile, tile), photometric="rgb", compression=compression)
+    if compression == "jpeg":
+        kw["compressionargs"] = {"level": 90}
+    meta = {
+        "axes": "YXS",
+        "PhysicalSizeX": px,
+        "PhysicalSizeY": px,
+        "PhysicalSizeXUnit": "\u00b5m",
+        "PhysicalSizeYUnit": "\u00b5m",
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")  # keeps the .ome.tif ending
+    try:
+        with tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31, ome=True) as tw:
+            tw.write(pyramid[0], subifds=len(pyramid) - 1, metadata=meta,
+                     resolution=(1e4 / px, 1e4 / px), resolutionunit="CENTIMETER", **kw)
+            for i, lv in enumerate(pyramid[1:], start=1):
+                f = px * 2**i
+                tw.write(lv, subfiletype=1, metadata=None,
+                         resolution=(1e4 / f, 1e4 / f), resolutionunit="CENTIMETER", **kw)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
