@@ -34,9 +34,7 @@ def test_geometry_of_visium(visium):
     assert g.lattice == "hex" and g.diameter_um == pytest.approx(55.0)
     step = grid_step_px(visium.adata.obs[["array_row", "array_col"]].to_numpy(), visium.coords, "hex")
     assert g.spacing_um == pytest.approx(step * visium.pixel_size_um)
-    # Visium's pitch is 100 um by design; with the reader's pixel size (55 um over
-    # spot_diameter_fullres) this fixture measures about 79 um
-    assert 70 < g.spacing_um < 110
+    assert g.spacing_um == pytest.approx(100.0, rel=0.01)  # Visium's pitch by design
 
 
 def test_geometry_without_array_indices(c2_slide, visium):

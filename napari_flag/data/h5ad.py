@@ -129,9 +129,13 @@ def anndata_to_sample(adata, path, sample_id=None, library_id=None, source=None)
     pixel = _find_pixel_size(uns, lib)
     spot = _scalar(sf.get("spot_diameter_fullres")) or _scalar(nf.get("spot_diameter_px"))
     notes = {}
-    if pixel is None and spot is not None and grid == "hex":
-        pixel = 55.0 / spot  # hexagonal arrays with scale factors are Visium (55 um spots)
-        notes["pixel_size_from"] = "Visium spot diameter"
+    if pixel is None and grid == "hex" and (spot is not None or rc is not None):
+        from .spaceranger import VISIUM_SPOT_UM, visium_pixel_size
+
+        pixel = visium_pixel_size(rc, xy, spot)  # hexagonal arrays with scale factors are Visium
+        if pixel is not None:
+            spot = VISIUM_SPOT_UM / pixel
+            notes["pixel_size_from"] = "Visium spot pitch"
     if spot is None:
         nn = nn_distance_px(xy)
         spot = 0.5 * nn if nn else float("nan")  # spots are about half their pitch (ST 100/200, Visium 55/100)

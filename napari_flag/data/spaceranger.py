@@ -1,10 +1,11 @@
 """10x Visium, as written by Space Ranger (an ``outs/`` folder).
 
-Space Ranger does not record the pixel size, but the Visium spot is 55 um
-across and ``spot_diameter_fullres`` gives it in full-resolution pixels, so
-the ratio is the pixel size of the (absent) full-resolution image.  The
-images shipped in ``outs/spatial`` are downscaled copies; their scale factor
-maps full-resolution coordinates onto them.
+Space Ranger does not record the pixel size, but Visium spot centres are
+manufactured 100 um apart, so the measured centre spacing in full-resolution
+pixels gives it.  (``spot_diameter_fullres`` is not the 55 um spot: Space Ranger
+defines it as a theoretical 65 um disc; it is the fallback when the spacing
+cannot be measured.)  The images shipped in ``outs/spatial`` are downscaled
+copies; their scale factor maps full-resolution coordinates onto them.
 """
 from __future__ import annotations
 
@@ -20,16 +21,30 @@ from ._util import (
     check_in_image,
     check_matched,
     fail,
+    grid_step_px,
     numeric_column,
     reading,
     scale_factor,
 )
 from .sample import Sample
 
-__all__ = ["read_spaceranger", "find_outs", "is_spaceranger", "VISIUM_SPOT_UM", "VISIUM_PITCH_UM"]
+__all__ = ["read_spaceranger", "visium_pixel_size", "find_outs", "is_spaceranger", "VISIUM_SPOT_UM", "VISIUM_PITCH_UM"]
 
 VISIUM_SPOT_UM = 55.0
 VISIUM_PITCH_UM = 100.0
+#: the disc ``spot_diameter_fullres`` spans, per Space Ranger's documentation
+SPOT_DIAMETER_FULLRES_UM = 65.0
+
+
+def visium_pixel_size(array_rc, xy, spot_diameter_fullres: float | None) -> float | None:
+    """Microns per full-resolution pixel of a Visium slide: the 100 um pitch over the
+    measured centre spacing, else the 65 um disc ``spot_diameter_fullres`` spans."""
+    step = grid_step_px(array_rc, xy, "hex") if array_rc is not None else None
+    if step:
+        return VISIUM_PITCH_UM / step
+    return SPOT_DIAMETER_FULLRES_UM / spot_diameter_fullres if spot_diameter_fullres else None
+
+
 _MATRIX = ("filtered_feature_bc_matrix.h5", "filtered_feature_bc_matrix")
 _POSITIONS = ("tissue_positions.csv", "tissue_positions_list.csv", "tissue_positions.parquet")
 _COLS = ["barcode", "in_tissue", "array_row", "array_col", "pxl_row_in_fullres", "pxl_col_in_fullres"]
@@ -169,12 +184,13 @@ def read_spaceranger(path: str | Path, sample_id: str | None = None, image: str 
             check_in_image(pos_file, xy, img)
             break
 
+    pixel_um = visium_pixel_size(rc, xy, spot_px)
     sid = sample_id or (outs.parent.name if outs.name == "outs" else outs.name)
     return Sample(
         sample_id=sid,
         adata=adata,
-        spot_diameter_px=spot_px,
-        pixel_size_um=VISIUM_SPOT_UM / spot_px,
+        spot_diameter_px=VISIUM_SPOT_UM / pixel_um,
+        pixel_size_um=pixel_um,
         image=img,
         grid="hex",
         source=str(outs),
