@@ -38,6 +38,21 @@ def _note(message: str) -> None:
     print(f"{PROG}: note: {' '.join(str(message).split())}", file=sys.stderr)
 
 
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not v > 0 or v != v or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of microns, got {text}")
+    return v
+
+
+def _warn(notice) -> None:
+    """A model-slide warning: always on stderr, ``--quiet`` or not (a result it spoils must not look fine)."""
+    print(f"{PROG}: warning: {' '.join(str(notice.message).split())}", file=sys.stderr, flush=True)
+
+
 def _fail(message: str, status: int = 1):
     msg = " ".join(str(message).split())
     print(f"{PROG}: error: {msg}", file=sys.stderr)
@@ -99,22 +114,38 @@ def _bars(quiet: bool):
 
 
 # ----------------------------------------------------------------------------- predict
-def _cmd_predict(args) -> int:
+def _out_name(source: str) -> str:
+    """Output file name of a slide in a cohort: the dataset id's section or the file's stem."""
+    src = str(source)
+    if ":" in src and not Path(src).exists():  # a dataset id such as her2st:C2
+        return src.split(":", 1)[1].replace("/", "_")
+    p = Path(src.rstrip("/"))
+    name = p.name
+    for ext in (".ome.tif", ".ome.tiff", ".ome.zarr", ".tiff", ".tif", ".svs", ".zarr", ".h5ad", ".jpg", ".jpeg", ".png"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)] or name
+    return p.parent.name if name == "outs" else name
+
+
+def _cohort_outputs(slides, out_dir: Path) -> list[Path]:
+    names = [_out_name(s) for s in slides]
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:  # two slides with one name keep both outputs
+        seen[n] = seen.get(n, 0) + 1
+        out.append(out_dir / (f"{n}.h5ad" if seen[n] == 1 else f"{n}_{seen[n]}.h5ad"))
+    return out
+
+
+def _predict_one(source, out: Path, args, device) -> Path:
     from .inference import predict_sample, write_prediction
 
-    out = Path(args.out).expanduser()
-    if out.suffix != ".h5ad":
-        raise FlagInputError(f"{out}: output must end in .h5ad")
-    if out.exists() and not args.overwrite:
-        raise FlagInputError(f"{out}: already exists (use --overwrite to replace it)")
-    if not out.parent.is_dir():
-        raise FlagInputError(f"{out.parent}: output folder does not exist")
     bars = _bars(args.quiet)
     try:
         adata = predict_sample(
-            args.sample, checkpoint=args.checkpoint, steps=args.steps, samples=args.samples,
-            device=args.device, seed=args.seed, progress=lambda ev: bars(ev.done, ev.total, ev.stage),
-            feature_cache=not args.no_cache,
+            source, checkpoint=args.checkpoint, steps=args.steps, samples=args.samples, device=device,
+            seed=args.seed, progress=lambda ev: bars(ev.done, ev.total, ev.stage), notice=_warn,
+            feature_cache=not args.no_cache, spacing_um=args.spacing_um, pixel_size_um=args.pixel_size_um,
         )
     finally:
         bars.close()
@@ -122,10 +153,68 @@ def _cmd_predict(args) -> int:
     if not args.quiet:
         info = adata.uns["flag"]
         solver = f" {info['solver']}" if info.get("solver") else ""
-        print(f"wrote {out}: {adata.n_obs} spots x {adata.n_vars} genes "
+        what = "virtual spots" if info.get("virtual_spots") else "spots"
+        print(f"wrote {out}: {adata.n_obs} {what} x {adata.n_vars} genes "
               f"({info['method']}, {info['steps']}{solver} steps x {info['samples']} samples"
-              f"{', with truth' if 'truth' in adata.layers else ''})")
-    return 0
+              f"{', with truth' if 'truth' in adata.layers else ''})", flush=True)
+    return out
+
+
+def _cmd_predict(args) -> int:
+    from .features.encoders import resolve_device
+
+    slides = list(args.sample)
+    if args.out_dir is None:
+        if args.out is None:
+            raise FlagInputError("--out OUT.h5ad (one slide) or --out-dir DIR (one .h5ad per slide) is required")
+        if len(slides) > 1:
+            raise FlagInputError(f"{len(slides)} slides given: use --out-dir DIR for one .h5ad per slide")
+        out = Path(args.out).expanduser()
+        if out.suffix != ".h5ad":
+            raise FlagInputError(f"{out}: output must end in .h5ad")
+        if out.exists() and not args.overwrite:
+            raise FlagInputError(f"{out}: already exists (use --overwrite to replace it)")
+        if not out.parent.is_dir():
+            raise FlagInputError(f"{out.parent}: output folder does not exist")
+        _predict_one(slides[0], out, args, args.device)
+        return 0
+    return _predict_cohort(slides, args, resolve_device)
+
+
+def _predict_cohort(slides, args, resolve_device) -> int:
+    """One .h5ad per slide; done slides are skipped, a broken slide is reported and the rest go on.
+
+    Under ``torchrun`` every rank takes every ``WORLD_SIZE``-th slide (and its own GPU).
+    """
+    if args.out is not None:
+        raise FlagInputError("give either --out or --out-dir, not both")
+    out_dir = Path(args.out_dir).expanduser()
+    if out_dir.exists() and not out_dir.is_dir():
+        raise FlagInputError(f"{out_dir}: --out-dir is a file, not a folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None
+    device = resolve_device(args.device, local)
+    jobs = list(zip(slides, _cohort_outputs(slides, out_dir)))[rank::world]
+    failed, done, skipped = [], 0, 0
+    for source, out in jobs:
+        if out.exists() and not args.overwrite:
+            skipped += 1
+            continue
+        try:
+            _predict_one(source, out, args, device)
+            done += 1
+        except FlagCancelled:
+            raise
+        except (FlagInputError, OSError, ValueError, RuntimeError) as exc:  # this slide only
+            failed.append(source)
+            print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+    tag = f"rank {rank}/{world}: " if world > 1 else ""
+    if not args.quiet or failed:
+        print(f"{tag}{done} predicted, {skipped} already done, {len(failed)} failed"
+              + (f" ({', '.join(map(str, failed))})" if failed else "") + f"; outputs in {out_dir}",
+              file=sys.stderr if failed else sys.stdout)
+    return 1 if failed else 0
 
 
 # ----------------------------------------------------------------------------- evaluate
@@ -377,11 +466,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    p = sub.add_parser("predict", help="predict every spot of a slide into an .h5ad",
+    p = sub.add_parser("predict", help="predict every spot of a slide (or a cohort) into .h5ad files",
                        description="Predict the expression of every spot of SAMPLE and write OUT.h5ad "
-                                   "(X = mean, layers std/sample/truth, obsm spatial, uns flag).")
-    p.add_argument("sample", help="dataset id (her2st:C2), Space Ranger outs/ folder, HEST folder, .h5ad or image")
-    p.add_argument("--out", required=True, help="output .h5ad (never overwritten without --overwrite)")
+                                   "(X = mean, layers std/sample/truth, obsm spatial, uns flag and spatial). "
+                                   "A slide without spots (a routine H&E image) gets virtual spots over its "
+                                   "tissue with the model's spot geometry. Several slides: --out-dir.")
+    p.add_argument("sample", nargs="+",
+                   help="dataset id (her2st:C2), Space Ranger outs/ folder, HEST folder, .h5ad or image "
+                        "(SVS/TIFF/OME-TIFF/OME-Zarr/JPEG)")
+    p.add_argument("--out", default=None, help="output .h5ad of one slide (never overwritten without --overwrite)")
+    p.add_argument("--out-dir", default=None, metavar="DIR",
+                   help="one .h5ad per slide in DIR; slides already done are skipped, a broken one is reported "
+                        "and the rest go on (exit 1 at the end); under torchrun each rank takes its share")
+    p.add_argument("--spacing-um", type=_positive_float, default=None,
+                   help="centre spacing of virtual spots in microns (default: the model's training pitch)")
+    p.add_argument("--pixel-size-um", type=_positive_float, default=None,
+                   help="microns per full-resolution pixel, for images whose file records none (or a wrong one)")
     p.add_argument("--checkpoint", default=None, help="trained model (.pt); default: the bundled model")
     p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
     p.add_argument("--samples", type=int, default=None, help="samples per spot (default: the model's)")

@@ -99,7 +99,7 @@ def _pixel_issues(sample, patch_um: float, patch_px: int) -> list[Issue]:
         return [Issue(
             "patch_too_small", "error",
             f"patch would be {side:.0f} px ({patch_um:g} um at {um_px:.3g} um/px); "
-            f"the model needs at least {MIN_PATCH_PX} px, so a finer scan of this slide",
+            f"the model needs at least {MIN_PATCH_PX} px: open a finer scan of this slide",
         )]
     if side < patch_px / 2:
         return [Issue(

@@ -32,6 +32,10 @@ from . import __version__
 from ._io import atomic_path
 from . import checkpoint as _checkpoint
 from .checkpoint import NO_DEFAULT_MODEL, load_model
+from .compat import check_compatibility, raise_for_errors
+from .data import with_pixel_size
+from .data.h5ad import scanpy_spatial
+from .data.lattice import SpotGeometry, virtual_spots
 from .data.panel import GenePanel
 from .errors import FlagCancelled, FlagInputError
 from .features import compute_features, get_encoder
@@ -42,6 +46,7 @@ from .model import sample_expression
 
 __all__ = [
     "Progress",
+    "Notice",
     "Result",
     "SlideData",
     "GenePanel",
@@ -51,6 +56,7 @@ __all__ = [
     "predict_sample",
     "write_prediction",
     "callback_events",
+    "spots_for",
     "encoder_identity",
     "make_encoder",
     "encoder_for_checkpoint",
@@ -67,6 +73,14 @@ class Progress:
     stage: str
     done: int
     total: int
+
+
+@dataclass(frozen=True)
+class Notice:
+    """Something the user must hear before trusting the result (a model that does not fit the slide)."""
+
+    code: str
+    message: str
 
 
 @dataclass(frozen=True)
@@ -297,8 +311,13 @@ def _resolve_checkpoint(checkpoint) -> Path:
 
 
 def _training_slides(meta) -> list[str]:
+    """The slides a checkpoint was trained on, as recorded (ids) and as configured (ids or paths)."""
     tc = meta.get("train_config") or {}
-    return [str(s) for s in (tc.get("train") or [])]
+    out: list[str] = []
+    for s in list(meta.get("training_slides") or []) + list(tc.get("train") or []):
+        if str(s) not in out:
+            out.append(str(s))
+    return out
 
 
 def in_training_set(sample, slides: list[str]) -> bool:
@@ -310,6 +329,43 @@ def in_training_set(sample, slides: list[str]) -> bool:
     return False
 
 
+def model_geometry(meta, spacing_um: float | None = None) -> SpotGeometry:
+    """The spot geometry a checkpoint was trained on (diameter, pitch, lattice).
+
+    A checkpoint from before geometry was recorded needs ``spacing_um``; its
+    spots are then taken as half their pitch on a square lattice, as on
+    legacy ST.
+    """
+    rec = meta.get("spot_geometry")
+    if rec:
+        return SpotGeometry.from_dict(rec)
+    if spacing_um is None:
+        raise FlagInputError(f"{meta.get('path')}: the model records no spot geometry; pass --spacing-um")
+    return SpotGeometry(float(spacing_um) / 2.0, float(spacing_um), "square")
+
+
+def spots_for(sample, meta, spacing_um: float | None = None):
+    """``sample`` when it has spots; else virtual spots laid over its tissue with the model's geometry.
+
+    Spacing is the model's centre pitch unless ``spacing_um`` overrides it
+    (denser is allowed: the graph's edge scales are in microns).
+    """
+    if sample.n_spots > 0:
+        return sample
+    if sample.image is None:
+        raise FlagInputError(f"{sample.source or sample.sample_id}: no spots and no image to lay spots on")
+    geometry = model_geometry(meta, spacing_um)
+    return virtual_spots(sample, geometry, spacing_um=spacing_um)
+
+
+def _compatibility(sample, meta, panel: GenePanel) -> list:
+    """What :func:`~napari_flag.compat.check_compatibility` finds between the slide and the model."""
+    tissue = sample.metadata.get("tissue") if isinstance(sample.metadata, dict) else None
+    fraction = tissue.get("fraction") if isinstance(tissue, dict) else None
+    return check_compatibility(sample, panel.genes, float(meta.encoder["patch_um"]), int(meta.encoder["patch_px"]),
+                               tissue_fraction=fraction)
+
+
 def iter_predict(
     sample,
     checkpoint=None,
@@ -319,8 +375,10 @@ def iter_predict(
     seed: int = 0,
     feature_cache: bool | str | Path = True,
     keep_sample: bool = True,
-) -> Iterator[Progress | Result]:
-    """Yield :class:`Progress` events, then one :class:`Result`.
+    spacing_um: float | None = None,
+    pixel_size_um: float | None = None,
+) -> Iterator[Progress | Notice | Result]:
+    """Yield :class:`Progress` and :class:`Notice` events, then one :class:`Result`.
 
     ``sample``: a :class:`~napari_flag.data.Sample` or anything ``load_sample``
     accepts (dataset id, folder, ``.h5ad``, image).  ``checkpoint``: a file, or
@@ -328,12 +386,21 @@ def iter_predict(
     checkpoint's sampler settings.  Stopping iteration early (``close()``) is a
     clean cancel: nothing is returned and no helper thread keeps running.
 
+    A slide without spots (a routine H&E image) gets virtual spots over its
+    detected tissue with the model's spot geometry (pitch ``spacing_um`` when
+    given); ``pixel_size_um`` overrides the file's pixel size.  Before any
+    feature is computed the slide is checked against the model (genes,
+    species, pixel size, tissue): errors raise, warnings are yielded as
+    :class:`Notice` s and recorded in ``uns["flag"]["compatibility"]``.
+
     The result has ``X`` = predicted mean on the target scale (clipped at 0),
     ``layers["std"]`` (spread over samples), ``layers["sample"]`` (one sample,
     when ``keep_sample`` and the model is generative), ``layers["truth"]`` when
     the slide has counts (NaN columns for panel genes it lacks, listed in
     ``uns["flag"]["truth_missing_genes"]``), ``obsm["spatial"]`` in full-res
-    pixels and the run's metadata in ``uns["flag"]``.
+    pixels, ``obs`` with the lattice ``array_row``/``array_col`` and ``in_tissue``
+    when known, ``uns["spatial"]`` in scanpy's layout (``sc.pl.spatial`` works as
+    is) and the run's metadata in ``uns["flag"]``.
     """
     ckpt_path = _resolve_checkpoint(checkpoint)
     if not hasattr(sample, "adata"):
@@ -342,8 +409,8 @@ def iter_predict(
         yield Progress("loading sample", 0, 1)
         sample = load_sample(sample)
         yield Progress("loading sample", 1, 1)
-    if sample.n_spots == 0:
-        raise FlagInputError(f"{sample.source or sample.sample_id}: no spots to predict")
+    if pixel_size_um is not None:
+        sample = with_pixel_size(sample, pixel_size_um)
     if sample.image is None:
         raise FlagInputError(f"{sample.source or sample.sample_id}: no H&E image; prediction needs one")
 
@@ -351,8 +418,17 @@ def iter_predict(
     dev = resolve_device(device)
     model, meta = load_model(ckpt_path, dev)
     panel = GenePanel.from_checkpoint(meta)
-    encoder = encoder_for_checkpoint(meta, dev)
     yield Progress("loading model", 1, 1)
+    if sample.n_spots == 0:
+        yield Progress("tissue", 0, 1)
+        sample = spots_for(sample, meta, spacing_um)
+        yield Progress("tissue", 1, 1)
+    issues = _compatibility(sample, meta, panel)
+    for issue in issues:  # warnings first, so a slide that also fails says everything wrong with it
+        if not issue.is_error:
+            yield Notice(issue.code, issue.message)
+    raise_for_errors(issues, sample.source or sample.sample_id)
+    encoder = encoder_for_checkpoint(meta, dev)
 
     feats = yield from _staged("features", lambda cb: compute_features(sample, encoder, cache=feature_cache,
                                                                         progress=cb))
@@ -392,10 +468,15 @@ def iter_predict(
         "model_version": str(meta.get("version", "")),
         "training_slides": slides,
         "in_training_set": bool(in_training_set(sample, slides)),
+        "compatibility": {i.code: {"level": i.level, "message": i.message} for i in issues},
+        "virtual_spots": bool(sample.metadata.get("technology") == "virtual"),
         **({"grid": str(sample.grid)} if sample.grid else {}),
         **({"pixel_size_um": float(sample.pixel_size_um)} if sample.pixel_size_um else {}),
+        **({"spot_geometry": dict(sample.metadata["spot_geometry"])} if "spot_geometry" in sample.metadata else {}),
+        **({"tissue": dict(sample.metadata["tissue"])} if "tissue" in sample.metadata else {}),
         **_truth_info(panel, slide),
     }
+    out.uns["spatial"] = scanpy_spatial(sample)
     yield Result(out)
 
 
@@ -427,13 +508,20 @@ def _prediction_anndata(sample, slide: SlideData, panel: GenePanel, pred, sd, sm
 
 
 def predict_sample(sample, checkpoint=None, steps: int | None = None, samples: int | None = None,
-                   device="auto", seed: int = 0, progress: Callable[[Progress], None] | None = None, **kw):
-    """Run :func:`iter_predict` to the end; ``progress(event)`` sees every :class:`Progress`."""
+                   device="auto", seed: int = 0, progress: Callable[[Progress], None] | None = None,
+                   notice: Callable[[Notice], None] | None = None, **kw):
+    """Run :func:`iter_predict` to the end; ``progress(event)`` sees every :class:`Progress`,
+    ``notice(event)`` every :class:`Notice` (default: a ``RuntimeWarning``)."""
     for ev in iter_predict(sample, checkpoint=checkpoint, steps=steps, samples=samples, device=device,
                            seed=seed, **kw):
         if isinstance(ev, Result):
             return ev.adata
-        if progress is not None:
+        if isinstance(ev, Notice):
+            if notice is not None:
+                notice(ev)
+            else:
+                warnings.warn(ev.message, RuntimeWarning, stacklevel=2)
+        elif progress is not None:
             progress(ev)
     raise RuntimeError("prediction ended without a result")  # pragma: no cover
 

@@ -26,6 +26,7 @@ __all__ = [
     "LATTICES",
     "SpotGeometry",
     "ST_LEGACY",
+    "training_geometry",
     "VISIUM",
     "geometry_of",
     "lattice_points",
@@ -165,6 +166,24 @@ def geometry_of(sample: Sample) -> SpotGeometry:
     if diam is None:
         diam = spacing * _DIAMETER_RATIO[lattice]
     return SpotGeometry(float(diam), float(spacing), lattice)
+
+
+def training_geometry(samples) -> SpotGeometry | None:
+    """The geometry a model trained on ``samples`` expects: median diameter and pitch
+    over the slides that can be measured, the lattice most of them have."""
+    geoms = []
+    for smp in samples:
+        try:
+            geoms.append(geometry_of(smp))
+        except FlagInputError:  # no pixel size, too few spots: says nothing about the others
+            continue
+    if not geoms:
+        return None
+    kinds = [g.lattice for g in geoms]
+    lattice = max(set(kinds), key=kinds.count)
+    same = [g for g in geoms if g.lattice == lattice]
+    return SpotGeometry(float(np.median([g.diameter_um for g in same])), float(np.median([g.spacing_um for g in same])),
+                        lattice)
 
 
 def lattice_points(

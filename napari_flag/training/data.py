@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..data import load_sample
+from ..data.lattice import training_geometry
 from ..data.panel import GenePanel, select_hmhvg
 from ..errors import FlagInputError
 from ..gene_prior import load_gene_prior
@@ -34,6 +35,8 @@ class PreparedData:
     graph: dict = field(default_factory=dict)  # k, radius_um
     gene_prior: torch.Tensor | None = None
     prior_mask: torch.Tensor | None = None
+    spot_geometry: dict | None = None  # diameter, pitch, lattice of the training slides (virtual spots)
+    training_slides: list[str] = field(default_factory=list)
 
     @property
     def genes(self) -> list[str]:
@@ -141,4 +144,6 @@ def prepare_data(
         graph={"k": int(cfg.graph_k), "radius_um": cfg.graph_radius_um},
         gene_prior=prior,
         prior_mask=mask,
+        spot_geometry=(g.to_dict() if (g := training_geometry(train_s)) is not None else None),
+        training_slides=[str(s.sample_id) for s in train_s],
     )
