@@ -8,6 +8,8 @@ import shlex
 import sys
 from pathlib import Path
 
+from napari_flag._io import atomic_write_text
+
 
 def command(argv=None) -> str:
     return "python " + " ".join(shlex.quote(x) for x in [sys.argv[0], *(argv or sys.argv[1:])])
@@ -24,9 +26,4 @@ def machine(extra: str) -> str:
 
 def write_json(result: dict, out: str | Path) -> Path:
     """Write via a temporary file and rename, so a killed run leaves the old result intact."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=1, default=float))
-    os.replace(tmp, out)
-    return out
+    return atomic_write_text(out, json.dumps(result, indent=1, default=float))

@@ -29,9 +29,10 @@ from pathlib import Path
 
 from _result import command, machine, write_json
 
+from napari_flag.model import BASELINES, METHODS
+
 SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
-METHODS = ["flag", "no_graph", "no_align", "regression", "ridge", "mlp"]
-GENERATIVE = {"flag", "no_graph", "no_align"}
+GENERATIVE = set(METHODS) - set(BASELINES) - {"regression"}
 
 
 def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], out_dir: str, seed: int,
@@ -101,7 +102,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/her2st.json")
     ap.add_argument("--sections", nargs="+", default=SECTIONS)
-    ap.add_argument("--methods", nargs="+", default=METHODS)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--steps", type=int, default=1500)
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)

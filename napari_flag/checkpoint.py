@@ -10,12 +10,14 @@ and the graph parameters.
 from __future__ import annotations
 
 import os
+import pickle
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from . import __version__, resources_dir
 from ._io import atomic_path
 from .data.panel import TRANSFORMS
 from .errors import FlagInputError
@@ -46,8 +48,6 @@ TRAINING_ONLY = ("model_raw", "optimizer", "rng", "train_state")
 
 def default_checkpoint_path() -> Path:
     """The bundled default model (absent until the benchmark has trained it)."""
-    from . import resources_dir
-
     return resources_dir() / "flag_default.pt"
 
 
@@ -100,8 +100,6 @@ def save_checkpoint(
     fitted arrays for a baseline); ``model_raw``, ``optimizer``, ``rng`` and
     ``train_state`` are what resuming needs on top.
     """
-    from . import __version__
-
     path = Path(path)
     ckpt = {
         "format": FORMAT,
@@ -166,8 +164,6 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
 
 def _load_problem(exc: BaseException) -> str:
     """What went wrong in ``torch.load``, in words a user can act on (torch's own text is long)."""
-    import pickle
-
     text = str(exc)
     if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
         # torch's safe unpickler stopped before building anything: no code from the file ran

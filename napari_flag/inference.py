@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+import anndata as ad
 import numpy as np
+import pandas as pd
 import torch
 
 from . import __version__
@@ -33,7 +35,7 @@ from ._io import atomic_path
 from . import checkpoint as _checkpoint
 from .checkpoint import NO_DEFAULT_MODEL, load_model
 from .compat import check_compatibility, raise_for_errors
-from .data import with_pixel_size
+from .data import load_sample, with_pixel_size
 from .data.h5ad import scanpy_spatial
 from .data.lattice import SpotGeometry, virtual_spots
 from .data.panel import GenePanel
@@ -404,8 +406,6 @@ def iter_predict(
     """
     ckpt_path = _resolve_checkpoint(checkpoint)
     if not hasattr(sample, "adata"):
-        from .data import load_sample
-
         yield Progress("loading sample", 0, 1)
         sample = load_sample(sample)
         yield Progress("loading sample", 1, 1)
@@ -490,9 +490,6 @@ def _truth_info(panel: GenePanel, slide: SlideData) -> dict:
 
 
 def _prediction_anndata(sample, slide: SlideData, panel: GenePanel, pred, sd, smp):
-    import anndata as ad
-    import pandas as pd
-
     obs = pd.DataFrame(index=pd.Index([str(s) for s in sample.spot_ids]))
     for col in ("array_row", "array_col", "in_tissue"):
         if col in sample.adata.obs:

@@ -42,6 +42,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.spatial import cKDTree
 
+from .errors import FlagInputError
+
 __all__ = [
     "METRIC_KEYS",
     "pcc_per_gene",
@@ -589,8 +591,6 @@ def evaluate(pred, truth, coords, array_rc=None, grid: str | None = None, genes:
     p, t = _pair(pred, truth)
     ok = np.isfinite(t).all(axis=0) & np.isfinite(p).all(axis=0)
     if ok.sum() < 2:
-        from .errors import FlagInputError
-
         raise FlagInputError("fewer than two panel genes have a measured and a predicted value on every spot")
     names = list(genes) if genes is not None else [str(i) for i in range(t.shape[1])]
     if len(names) != t.shape[1]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
-import os
 import shlex
 import sqlite3
 import subprocess
@@ -43,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
+
+from napari_flag._io import atomic_path, atomic_write_text
 
 DEB_PACKAGE = "r-bioc-org.hs.eg.db"
 REPO = Path(__file__).resolve().parents[1]
@@ -167,22 +168,8 @@ def build(genes: pd.DataFrame, ann: pd.DataFrame, alias: pd.DataFrame, dim: int,
 
 
 def write_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            np.savez_compressed(fh, **arrays)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez_compressed(fh, **arrays)
 
 
 def provenance_md(meta: dict) -> str:
@@ -296,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     arrays["meta"] = np.array(json.dumps(meta, sort_keys=True))
     write_npz_atomic(out, arrays)
     meta["file_bytes"] = out.stat().st_size
-    write_text_atomic(prov, provenance_md(meta))
+    atomic_write_text(prov, provenance_md(meta))
 
     print(f"wrote {out} ({meta['file_bytes'] / 1e6:.2f} MB) and {prov}")
     print(f"  {meta['deb_package']} {meta['deb_version']}; GO {db_meta.get('GOSOURCEDATE')},"

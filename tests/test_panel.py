@@ -1,7 +1,6 @@
 """Gene panel (HMHVG) and count transforms, on the real HER2ST patient-C sections."""
 from __future__ import annotations
 
-import json
 import os
 
 import anndata as ad

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_path
 from ..errors import FlagInputError
 from ._util import check_coords, check_counts, check_in_image, fail, guess_grid, nn_distance_px, reading, require_file
 from .sample import Sample, SlideImage
@@ -258,16 +259,10 @@ def sample_to_anndata(sample: Sample, image_max_px: int | None = 2000, library_i
 
 def write_h5ad(sample: Sample, path: str | Path, image_max_px: int | None = 2000) -> Path:
     """Save a sample as a self-contained ``.h5ad`` (counts, coordinates, a downscaled image)."""
-    import os
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     a = sample_to_anndata(sample, image_max_px=image_max_px)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path) as tmp:
         a.write_h5ad(tmp)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path

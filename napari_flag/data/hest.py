@@ -14,11 +14,11 @@ can be shared with HEST-aware tools.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_path
 from ._util import check_in_image, fail, guess_grid, reading
 from .sample import Sample
 
@@ -211,13 +211,8 @@ def write_hest_sample(
     if wsi_arr is not None:
         write_pyramidal_tiff(root / "wsis" / f"{sid}.tif", wsi_arr, pixel_size_um=pixel, compression=compression)
     st_path = root / "st" / f"{sid}.h5ad"
-    tmp = st_path.with_name(f".{st_path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(st_path) as tmp:
         a.write_h5ad(tmp)
-        os.replace(tmp, st_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     (root / "metadata" / f"{sid}.json").write_text(json.dumps(meta, indent=2))
 
     if patches and wsi_arr is not None and pixel:

@@ -17,12 +17,12 @@ import re
 import shutil
 import tempfile
 import threading
-import uuid
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from .._io import atomic_path
 from ._util import fail, reading, require_file
 from .sample import SlideImage
 
@@ -584,17 +584,10 @@ def write_pyramidal_tiff(
     res = {}
     if pixel_size_um:
         res = dict(resolution=(1e4 / pixel_size_um, 1e4 / pixel_size_um), resolutionunit="CENTIMETER")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31) as tw:
-            tw.write(levels[0], subifds=len(levels) - 1, metadata=None, **kw, **res)
-            for lv in levels[1:]:
-                tw.write(lv, subfiletype=1, metadata=None, **kw)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31) as tw:
+        tw.write(levels[0], subifds=len(levels) - 1, metadata=None, **kw, **res)
+        for lv in levels[1:]:
+            tw.write(lv, subfiletype=1, metadata=None, **kw)
     return path
 
 
@@ -638,18 +631,11 @@ def write_ome_tiff(
         "PhysicalSizeYUnit": "\u00b5m",
     }
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{uuid.uuid4().hex[:8]}.{path.name}")  # keeps the .ome.tif ending
-    try:
-        with tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31, ome=True) as tw:
-            tw.write(pyramid[0], subifds=len(pyramid) - 1, metadata=meta,
-                     resolution=(1e4 / px, 1e4 / px), resolutionunit="CENTIMETER", **kw)
-            for i, lv in enumerate(pyramid[1:], start=1):
-                f = px * 2**i
-                tw.write(lv, subfiletype=1, metadata=None,
-                         resolution=(1e4 / f, 1e4 / f), resolutionunit="CENTIMETER", **kw)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=image.nbytes > 2**31, ome=True) as tw:
+        tw.write(pyramid[0], subifds=len(pyramid) - 1, metadata=meta,
+                 resolution=(1e4 / px, 1e4 / px), resolutionunit="CENTIMETER", **kw)
+        for i, lv in enumerate(pyramid[1:], start=1):
+            f = px * 2**i
+            tw.write(lv, subfiletype=1, metadata=None,
+                     resolution=(1e4 / f, 1e4 / f), resolutionunit="CENTIMETER", **kw)
     return path

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+import scipy.sparse as sp
 
 from ..errors import FlagInputError
 
@@ -54,8 +55,6 @@ def _common_genes(adatas) -> list[str]:
 
 
 def _column_sums(adata, genes: list[str]) -> tuple[np.ndarray, np.ndarray, int]:
-    import scipy.sparse as sp
-
     idx = _gene_index(adata, genes)
     X = adata.X
     if sp.issparse(X):
@@ -144,8 +143,6 @@ def _check_kind(kind: str) -> str:
 
 def transform_counts(X, kind: str = "log2p1") -> np.ndarray:
     """Raw counts -> model targets, dense float32 (``log2(1+x)`` by default)."""
-    import scipy.sparse as sp
-
     k = _check_kind(kind)
     A = X.toarray() if sp.issparse(X) else np.asarray(X)
     A = A.astype(np.float32, copy=True)
@@ -181,8 +178,6 @@ def _gene_index(adata, genes: Sequence[str]) -> np.ndarray:
 
 def panel_matrix(adata, genes: Sequence[str], kind: str = "log2p1") -> np.ndarray:
     """``(n_spots, len(genes))`` float32 targets, columns in panel order."""
-    import scipy.sparse as sp
-
     idx = _gene_index(adata, genes)
     X = adata.X
     sub = X[:, idx] if sp.issparse(X) else np.asarray(X)[:, idx]

@@ -118,10 +118,6 @@ def dataset_info(dataset_id: str) -> DatasetInfo:
     return info
 
 
-def dataset_section(dataset_id: str) -> str:
-    return dataset_info(dataset_id).section
-
-
 # ---------------------------------------------------------------------------
 # hashing and fetching
 

@@ -11,7 +11,6 @@ napari wants ``(row, col) = (y, x)``; convert at the napari edge only.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -172,6 +171,3 @@ class Sample:
             f"pixel_size_um={self.pixel_size_um}, grid={self.grid})"
         )
 
-
-def as_path(p: str | Path) -> Path:
-    return Path(p).expanduser()

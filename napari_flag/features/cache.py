@@ -10,11 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import numpy as np
+
+from .._io import atomic_path
+from ..errors import FlagInputError
 
 __all__ = ["feature_cache_dir", "feature_cache_key", "read_cached", "write_cached"]
 
@@ -81,19 +82,14 @@ def write_cached(root: Path, key: str, feats: np.ndarray, attrs: dict | None = N
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{key}.zarr"
-    tmp = root / f".{key}.{uuid.uuid4().hex[:8]}.tmp"
     try:
-        group = zarr.open_group(str(tmp), mode="w")
-        chunks = (min(max(len(feats), 1), 4096), feats.shape[1])
-        arr = group.create_array("features", shape=feats.shape, dtype="float32", chunks=chunks)
-        arr[...] = feats.astype(np.float32, copy=False)
-        group.attrs.update({"cache_version": CACHE_VERSION, **(attrs or {})})
-        try:
-            os.replace(tmp, final)
-        except OSError:
-            if not final.is_dir():  # not a lost race with another writer
-                raise
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_path(final) as tmp:
+            group = zarr.open_group(str(tmp), mode="w")
+            chunks = (min(max(len(feats), 1), 4096), feats.shape[1])
+            arr = group.create_array("features", shape=feats.shape, dtype="float32", chunks=chunks)
+            arr[...] = feats.astype(np.float32, copy=False)
+            group.attrs.update({"cache_version": CACHE_VERSION, **(attrs or {})})
+    except FlagInputError:
+        if not final.is_dir():  # not a lost race with another writer of the same features
+            raise
     return final

@@ -142,11 +142,8 @@ class TrainConfig:
         """Plain JSON types only, so it can live in a ``weights_only`` checkpoint."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
-    def to_yaml(self, path: str | Path | None = None) -> str:
-        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
-        if path is not None:
-            Path(path).write_text(text)
-        return text
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     # -- derived -----------------------------------------------------------
     def flag_config(self):

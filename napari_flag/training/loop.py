@@ -23,7 +23,9 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from .._io import atomic_write_text
 from ..checkpoint import load_checkpoint, save_checkpoint
@@ -138,8 +140,6 @@ def _dist_env() -> tuple[int, int, int]:
 
 def _dist_init(device: torch.device) -> bool:
     """Start the process group if torchrun asked for one; returns whether this call created it."""
-    import torch.distributed as dist
-
     _, world, _ = _dist_env()
     if world <= 1 or dist.is_initialized():
         return False
@@ -153,8 +153,6 @@ def _any_rank(flag: bool, world: int, device: torch.device) -> bool:
     """True on every rank when ``flag`` is true on any (stop requests, early stopping)."""
     if world <= 1:
         return flag
-    import torch.distributed as dist
-
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item() > 0)
@@ -396,8 +394,6 @@ class _Run:
         self.slides = [s.to(self.device) for s in data.train]
         self.step_mod: nn.Module = _StepModule(model)
         if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
             self.step_mod = DDP(self.step_mod, device_ids=[self.device.index] if self.device.type == "cuda" else None,
                                 find_unused_parameters=True)
 
@@ -539,14 +535,10 @@ def train(
         run.build()
         step, status = run.loop()
         if run.world > 1:
-            import torch.distributed as dist
-
             dist.barrier()
         return run.result(step, status)
     finally:
         if created_pg:
-            import torch.distributed as dist
-
             dist.destroy_process_group()
 
 
