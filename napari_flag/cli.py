@@ -299,12 +299,13 @@ def _truth_from_file(path, genes, transform: str, scale: str = "auto"):
         raise FlagInputError(f"{path}: shares no genes with the prediction's panel")
     if len(have) < len(genes):
         _note(f"{path}: lacks {len(genes) - len(have)} of the {len(genes)} panel genes; they are left out")
+    totals = np.asarray(mat.sum(axis=1), dtype=np.float64).reshape(-1) if kind == "counts" else None
     sub = mat[:, [col[g] for g in have]]
     sub = np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float64)
     if not np.isfinite(sub).all() or (sub < 0).any():  # neither counts nor log-scale expression
         raise FlagInputError(f"{path}: truth holds negative or non-finite values (not counts or log expression)")
     if kind == "counts":
-        sub = transform_counts(sub, transform).astype(np.float64)
+        sub = transform_counts(sub, transform, totals).astype(np.float64)  # library size over all genes
     out = np.full((t.n_obs, len(genes)), np.nan)
     out[:, [genes.index(g) for g in have]] = sub
     return out, [str(s) for s in t.obs_names]

@@ -38,7 +38,7 @@ from .compat import check_compatibility, raise_for_errors
 from .data import load_sample, with_pixel_size
 from .data.h5ad import scanpy_spatial
 from .data.lattice import SpotGeometry, virtual_spots
-from .data.panel import GenePanel
+from .data.panel import SCALE_NAMES, GenePanel
 from .errors import FlagCancelled, FlagInputError
 from .features import compute_features, get_encoder
 from .features.encoders import resolve_device
@@ -457,6 +457,7 @@ def iter_predict(
         "solver": str(model.cfg.sample_solver) if generative else "",
         "seed": int(seed),
         "transform": panel.transform,
+        "scale": SCALE_NAMES[panel.transform],
         "sample_id": str(sample.sample_id),
         "source": str(sample.source or ""),
         "encoder": str(meta.encoder["name"]),

@@ -148,3 +148,22 @@ def test_gene_panel_standardisation(adatas):
         GenePanel(("A",), transform="bogus")
     with pytest.raises(ValueError):
         GenePanel(("A", "B"), mean=np.zeros(3))
+
+
+def test_lognorm_target_is_scanpys_normalize_total_log1p(adatas):
+    """The library-size-normalised scale must equal what a scanpy user computes, panel genes only
+    (the spot totals still come from every gene of the slide)."""
+    import scanpy as sc
+
+    a = adatas[0]
+    genes = select_hmhvg(adatas[:2], 20)
+    ref = a.copy()
+    sc.pp.normalize_total(ref, target_sum=1e4)
+    sc.pp.log1p(ref)
+    want = ref[:, genes].X
+    want = want.toarray() if sp.issparse(want) else np.asarray(want)
+    np.testing.assert_allclose(panel_matrix(a, genes, "lognorm"), want, rtol=1e-5, atol=1e-5)
+    p = GenePanel.fit(adatas[:2], genes, transform="lognorm")
+    truth, ok = p.targets(a)
+    assert ok.all()
+    np.testing.assert_allclose(truth, want, rtol=1e-5, atol=1e-5)

@@ -27,11 +27,22 @@ __all__ = [
     "hmhvg_stats",
     "is_excluded_gene",
     "transform_counts",
+    "spot_totals",
+    "SCALE_NAMES",
     "inverse_transform",
     "panel_matrix",
 ]
 
-TRANSFORMS = ("log2p1", "log1p", "none")
+TRANSFORMS = ("log2p1", "log1p", "lognorm", "none")
+#: what each target scale is, in words (recorded with every prediction)
+SCALE_NAMES = {
+    "log2p1": "log2(1 + count)",
+    "log1p": "ln(1 + count)",
+    "lognorm": "ln(1 + 10,000 x count / spot total), scanpy's normalize_total + log1p",
+    "none": "raw count",
+}
+#: counts per spot after library-size normalisation (scanpy's ``target_sum``)
+LOGNORM_TARGET_SUM = 1e4
 _EXCLUDE = re.compile(r"^(MT-|RPS|RPL)", re.IGNORECASE)
 
 
@@ -141,8 +152,14 @@ def _check_kind(kind: str) -> str:
     return k
 
 
-def transform_counts(X, kind: str = "log2p1") -> np.ndarray:
-    """Raw counts -> model targets, dense float32 (``log2(1+x)`` by default)."""
+def transform_counts(X, kind: str = "log2p1", totals=None) -> np.ndarray:
+    """Raw counts -> model targets, dense float32 (``log2(1+x)`` by default).
+
+    ``lognorm`` divides by each spot's total count over *all* genes first
+    (``totals``; the row sums of ``X`` when not given, right only when ``X``
+    holds every gene), as scanpy's ``normalize_total`` + ``log1p`` do: sequencing
+    depth, which drives every gene on raw log counts, is taken out.
+    """
     k = _check_kind(kind)
     A = X.toarray() if sp.issparse(X) else np.asarray(X)
     A = A.astype(np.float32, copy=True)
@@ -150,16 +167,27 @@ def transform_counts(X, kind: str = "log2p1") -> np.ndarray:
         np.log2(1.0 + A, out=A)
     elif k == "log1p":
         np.log1p(A, out=A)
+    elif k == "lognorm":
+        t = np.asarray(A.sum(axis=1) if totals is None else totals, dtype=np.float64).reshape(-1)
+        scale = np.divide(LOGNORM_TARGET_SUM, t, out=np.zeros_like(t), where=t > 0).astype(np.float32)
+        np.log1p(A * scale[:, None], out=A)
     return A
 
 
+def spot_totals(adata) -> np.ndarray:
+    """Total count of every spot over all of its genes (the library size)."""
+    X = adata.X
+    return np.asarray(X.sum(axis=1), dtype=np.float64).reshape(-1)
+
+
 def inverse_transform(Y, kind: str = "log2p1") -> np.ndarray:
-    """Model scale -> counts scale (``2**y - 1`` for log2p1), float32."""
+    """Model scale -> counts scale (``2**y - 1`` for log2p1), float32; ``lognorm``
+    gives counts per 10,000 (the spot totals are not known to a prediction)."""
     k = _check_kind(kind)
     A = np.asarray(Y, dtype=np.float32).copy()
     if k == "log2p1":
         A = np.exp2(A) - 1.0
-    elif k == "log1p":
+    elif k in ("log1p", "lognorm"):
         A = np.expm1(A)
     return A.astype(np.float32, copy=False)
 
@@ -181,7 +209,7 @@ def panel_matrix(adata, genes: Sequence[str], kind: str = "log2p1") -> np.ndarra
     idx = _gene_index(adata, genes)
     X = adata.X
     sub = X[:, idx] if sp.issparse(X) else np.asarray(X)[:, idx]
-    return transform_counts(sub, kind)
+    return transform_counts(sub, kind, spot_totals(adata) if _check_kind(kind) == "lognorm" else None)
 
 
 @dataclass(frozen=True, eq=False)

@@ -31,7 +31,7 @@ class TrainConfig:
     val: list[str] = field(default_factory=list)  # validation slides (early stopping, best.pt)
     test: list[str] = field(default_factory=list)  # recorded only; evaluated by the benchmark
     n_genes: int = 200  # size of the HMHVG panel chosen on the training slides
-    transform: str = "log2p1"  # target scale: "log2p1" | "log1p" | "none"
+    transform: str = "log2p1"  # target scale: "log2p1" | "log1p" | "lognorm" (normalize_total + log1p) | "none"
     genes: list[str] | None = None  # fixed panel; overrides the HMHVG selection when given
     gene_prior: str | None = None  # gene prior spec for the alignment loss (None: none/automatic)
 
