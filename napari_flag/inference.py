@@ -163,7 +163,7 @@ def encoder_for_checkpoint(meta: dict, device="cpu"):
     kw = dict(ident.get("kw") or {})
     kw["patch_um"] = float(ident["patch_um"])
     kw["patch_px"] = int(ident["patch_px"])
-    enc = make_encoder(ident["name"], device, kw)
+    enc = make_encoder(ident["name"].split("+")[0], device, kw)  # "+tta"/"+ctx..." come back from kw
     if meta.get("feat_dim") is not None and int(enc.dim) != int(meta["feat_dim"]):
         raise FlagInputError(
             f"{meta.get('path')}: model expects {meta['feat_dim']}-d features but encoder "

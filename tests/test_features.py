@@ -1,6 +1,7 @@
 """Encoders, patch extraction and the feature cache."""
 from __future__ import annotations
 
+import dataclasses
 import sys
 import types
 
@@ -282,3 +283,30 @@ def test_timm_adapter_real_tiny_vit(tmp_path):
     assert enc.dim == 32
     out = enc.encode(np.full((2, 32, 32, 3), 128, np.uint8))
     assert out.shape == (2, 32) and out.dtype == np.float32
+
+
+def test_tta_and_context_switches_on_real_tissue(her2st_dir):
+    """TTA features are invariant to flips/rotations of the patch; context doubles the width
+    with a wider patch's features; both change the encoder's name (so caches never mix)."""
+    import tempfile
+
+    from napari_flag.data import load_sample
+    from napari_flag.features import compute_features, extract_patches, get_encoder
+
+    s = load_sample("her2st:C2")
+    s = dataclasses.replace(s, adata=s.adata[:6].copy())
+    base = get_encoder("efficientnet_lite0", device="cpu")
+    tta = get_encoder("efficientnet_lite0", device="cpu", tta=True)
+    ctx = get_encoder("efficientnet_lite0", device="cpu", context=2.5)
+    assert len({base.name, tta.name, ctx.name}) == 3 and ctx.dim == 2 * base.dim and tta.dim == base.dim
+    patch = next(iter(extract_patches(s, None, base.patch_um, base.patch_px, 2)))
+    turned = np.ascontiguousarray(np.rot90(patch[:, ::-1], 1, axes=(1, 2)))
+    np.testing.assert_allclose(tta.encode(turned), tta.encode(patch), rtol=1e-3, atol=1e-3)
+    assert not np.allclose(base.encode(turned), base.encode(patch), rtol=1e-3, atol=1e-3)
+    f = compute_features(s, ctx, cache=tempfile.mkdtemp())
+    assert f.shape == (6, ctx.dim)
+    np.testing.assert_allclose(f[:, : base.dim], compute_features(s, base, cache=False), rtol=1e-4, atol=1e-4)
+    wide = np.concatenate(list(extract_patches(s, None, base.patch_um * 2.5, base.patch_px, 8)))
+    np.testing.assert_allclose(f[:, base.dim :], base.encode(wide), rtol=1e-4, atol=1e-4)
+    with pytest.raises(FlagInputError):
+        get_encoder("efficientnet_lite0", device="cpu", context=0.5)

@@ -69,14 +69,18 @@ def compute_features(sample, encoder: Encoder | str | None = None, batch_size: i
                 progress(n, n)
             return hit
     feats = np.empty(shape, dtype=np.float32)
-    done = 0
+    views = getattr(encoder, "views_um", [encoder.patch_um])
+    width, total, done = shape[1] // len(views), n * len(views), 0
     if progress is not None:
-        progress(0, n)
-    for batch in extract_patches(sample, None, encoder.patch_um, encoder.patch_px, batch_size):
-        feats[done : done + len(batch)] = encoder.encode(batch)
-        done += len(batch)
-        if progress is not None:
-            progress(done, n)
+        progress(0, total)
+    for v, side_um in enumerate(views):  # the spot's patch, then (with context) a wider one
+        row = 0
+        for batch in extract_patches(sample, None, side_um, encoder.patch_px, batch_size):
+            feats[row : row + len(batch), v * width : (v + 1) * width] = encoder.encode(batch)
+            row += len(batch)
+            done += len(batch)
+            if progress is not None:
+                progress(done, total)
     if root is not None:
         attrs = {
             "sample_id": str(sample.sample_id),

@@ -76,6 +76,8 @@ class Encoder:
     weights_id: str = ""
     batch_size: int = 32
     channels_last: bool = False  # feed NHWC tensors (faster for convnets under oneDNN)
+    tta: bool = False  # average the features of the 8 flips/rotations of each patch
+    context: float | None = None  # also encode a patch this many times wider, concatenated
     mean: Sequence[float] = IMAGENET_MEAN  # on the 0-1 scale
     std: Sequence[float] = IMAGENET_STD
 
@@ -97,7 +99,7 @@ class Encoder:
             patches = patches[None]
         if patches.ndim != 4 or patches.shape[-1] != 3:
             raise ValueError(f"patches must be (N, H, W, 3), got {patches.shape}")
-        out = np.empty((len(patches), self.dim), dtype=np.float32)
+        out = np.empty((len(patches), self.view_dim), dtype=np.float32)
         with torch.inference_mode():
             for s in range(0, len(patches), self.batch_size):
                 chunk = np.ascontiguousarray(patches[s : s + self.batch_size])
@@ -108,11 +110,24 @@ class Encoder:
                         align_corners=False, antialias=True,
                     )
                 x = self._normalise(x)
-                x = x.contiguous(memory_format=torch.channels_last if self.channels_last
-                                 else torch.contiguous_format)
-                y = self._forward(x)
+                fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+                if self.tta:  # H&E has no canonical orientation: the dihedral group's mean is invariant
+                    views = [torch.rot90(v, k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
+                    y = sum(self._forward(v.contiguous(memory_format=fmt)).float() for v in views) / 8.0
+                else:
+                    y = self._forward(x.contiguous(memory_format=fmt))
                 out[s : s + len(chunk)] = y.float().cpu().numpy()
         return out
+
+    @property
+    def view_dim(self) -> int:
+        """Width of one view's features (``dim`` is that times the number of views)."""
+        return self.dim // len(self.views_um)
+
+    @property
+    def views_um(self) -> list[float]:
+        """Physical sides of the patches encoded per spot: the spot patch, then the context patch."""
+        return [float(self.patch_um)] + ([float(self.patch_um) * float(self.context)] if self.context else [])
 
     def __repr__(self) -> str:
         return (
@@ -215,12 +230,29 @@ class TimmEncoder(Encoder):
 
 
 def get_encoder(name: str = DEFAULT_ENCODER, device="auto", weights: str | Path | None = None,
-                **kw) -> Encoder:
-    """An encoder by name: ``"efficientnet_lite0"`` (built in) or ``"timm:<arch>"`` with local ``weights``."""
+                tta: bool = False, context: float | None = None, **kw) -> Encoder:
+    """An encoder by name: ``"efficientnet_lite0"`` (built in) or ``"timm:<arch>"`` with local ``weights``.
+
+    ``tta``: features averaged over the 8 flips/rotations of each patch (8x the
+    encoder's cost).  ``context``: a second patch ``context`` times wider around
+    each spot is encoded too and its features concatenated (``dim`` doubles).
+    Both are part of the encoder's name, so cached features never mix.
+    """
     if isinstance(name, Encoder):
         return name
     if name in (DEFAULT_ENCODER, "efficientnet-lite0", "lite0"):
-        return EfficientNetLite0Encoder(device=device, weights=weights, **kw)
-    if name.startswith("timm:"):
-        return TimmEncoder(name[len("timm:"):], weights=weights, device=device, **kw)
-    raise FlagInputError(f"{name}: unknown encoder (use 'efficientnet_lite0' or 'timm:<arch>' with weights=)")
+        enc: Encoder = EfficientNetLite0Encoder(device=device, weights=weights, **kw)
+    elif name.startswith("timm:"):
+        enc = TimmEncoder(name[len("timm:"):], weights=weights, device=device, **kw)
+    else:
+        raise FlagInputError(f"{name}: unknown encoder (use 'efficientnet_lite0' or 'timm:<arch>' with weights=)")
+    if context is not None:
+        if not float(context) > 1.0:
+            raise FlagInputError(f"encoder context: must be a patch-width multiple > 1, got {context}")
+        enc.context = float(context)
+        enc.dim = int(enc.dim) * 2
+        enc.name = f"{enc.name}+ctx{float(context):g}"
+    if tta:
+        enc.tta = True
+        enc.name = f"{enc.name}+tta"
+    return enc
