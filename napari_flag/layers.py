@@ -317,6 +317,23 @@ def values_layer_data(
     return (data, kwargs, "points")
 
 
+def virtual_spots_layer_data(adata, meta: dict, key: str | None, sid: str):
+    """The virtual spots laid over an image's tissue, as outlines (their lattice indices in ``features``)."""
+    xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
+    ps = meta.get("pixel_size_um")
+    feats = {"spot": np.asarray(adata.obs_names, dtype=object)}
+    for col in ("array_row", "array_col"):
+        if col in adata.obs:
+            feats[col] = np.asarray(adata.obs[col])
+    m = dict(meta, **{ROLE: "virtual_spots", "prediction_key": key, "sample_id": sid})
+    kwargs = dict(
+        name=f"{sid} virtual spots", size=float(meta.get("spot_diameter_px") or 1.0), scale=world_scale(ps),
+        units=world_units(ps), features=feats, face_color="transparent", border_color="white",
+        border_width=0.08, border_width_is_relative=True, opacity=0.8, metadata=m,
+    )
+    return (xy[:, ::-1].copy(), kwargs, "points")
+
+
 def prediction_to_layer_data(adata, gene: str | None = None, meta: dict | None = None, key: str | None = None) -> list:
     """Prediction, uncertainty and (when present) truth as Points layers.
 
@@ -336,6 +353,8 @@ def prediction_to_layer_data(adata, gene: str | None = None, meta: dict | None =
     vals = {r: gene_values(adata, gene, r) for r in roles}
     shared = percentile_limits(*(vals[r] for r in roles if r != "std"))
     out = []
+    if adata.uns.get("flag", {}).get("virtual_spots"):  # a routine H&E slide: show where the spots were laid
+        out.append(virtual_spots_layer_data(adata, meta, key, str(sid)))
     for r in roles:
         clim = percentile_limits(vals[r]) if r == "std" else shared
         m = dict(meta, **{ROLE: r, "prediction_key": key, "gene": gene, "sample_id": str(sid), "clim": clim})

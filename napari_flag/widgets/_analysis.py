@@ -8,14 +8,28 @@ import numpy as np
 
 from .. import layers as L
 from ..errors import FlagInputError
-from ..metrics import array_rc, evaluate_adata, in_sample_note, local_morans_i, spatial_weights
+from ..metrics import array_rc, evaluate_adata, in_sample_note, local_morans_i, morans_i, spatial_weights
+
+
+def missing_truth(ad) -> str:
+    """Why a prediction cannot be scored, exactly: no measured spots, or none of the model's genes."""
+    info = ad.uns.get("flag", {})
+    sid = info.get("sample_id", "this slide")
+    if info.get("virtual_spots"):
+        return f"{sid} is an image without measured expression (virtual spots): nothing to compare with"
+    share = (info.get("compatibility") or {}).get("gene_share")
+    if share:
+        return f"{sid}: {share.get('message')}; too few to compare"
+    return f"{sid}: the slide has no measured expression of the model's genes"
 
 
 def evaluation(session, key: str) -> dict:
     """``dict(metrics, pcc, moran_true, moran_pred, mean_true, mean_pred, genes, W, grid, note)``.
 
-    Genes the slide does not measure (NaN truth columns) are left out.  Safe to
-    call from a worker thread; cached in ``session`` (one per viewer).
+    Genes the slide does not measure (NaN truth columns) are left out.  A
+    prediction without truth gets its own global Moran's I per gene only
+    (``moran_true`` is ``None``, ``metrics`` empty, ``missing`` says why).  Safe
+    to call from a worker thread; cached in ``session`` (one per viewer).
     """
     hit = cached(session, key)
     if hit is not None:
@@ -24,8 +38,12 @@ def evaluation(session, key: str) -> dict:
     if ad is None:
         raise FlagInputError(f"{key}: prediction no longer available")
     info = ad.uns.get("flag", {})
-    if "truth" not in ad.layers:
-        raise FlagInputError(f"{info.get('sample_id', key)}: slide has no measured expression to compare with")
+    truth = ad.layers["truth"] if "truth" in ad.layers else None
+    if truth is None or np.isfinite(np.asarray(truth)).all(axis=0).sum() < 2:
+        out = _prediction_only(ad, missing_truth(ad))
+        with session.lock:
+            session.evaluations[key] = out
+        return out
     metrics, det = evaluate_adata(ad, return_details=True)
     out = {
         "metrics": metrics,
@@ -38,10 +56,22 @@ def evaluation(session, key: str) -> dict:
         "W": det["W"],
         "grid": det["grid"],
         "note": in_sample_note(info),
+        "missing": None,
     }
     with session.lock:
         session.evaluations[key] = out
     return out
+
+
+def _prediction_only(ad, why: str) -> dict:
+    """Spatial structure of the prediction itself: global Moran's I per gene on the slide's weights."""
+    pred = np.asarray(ad.X, dtype=np.float64)
+    W, grid = spatial_weights(np.asarray(ad.obsm["spatial"])[:, :2], array_rc(ad), ad.uns.get("flag", {}).get("grid"))
+    return {
+        "metrics": {}, "genes": [str(g) for g in ad.var_names], "pcc": None, "moran_true": None,
+        "moran_pred": np.asarray(morans_i(pred, W), dtype=np.float64), "mean_true": None,
+        "mean_pred": pred.mean(axis=0), "W": W, "grid": grid, "note": None, "missing": why,
+    }
 
 
 def forget(session, key: str) -> None:

@@ -65,10 +65,11 @@ class ColorbarCanvas(QWidget):
         self.set_limits(None, (0.0, 1.0), None)
         self.redraw()
 
-    def set_limits(self, gene, expr, unc, unit: str = "log2(1+count)") -> None:
+    def set_limits(self, gene, expr, unc, unit: str = "log2(1+count)", measured: bool = True) -> None:
         self.limits = {"expr": tuple(expr), "unc": None if unc is None else tuple(unc)}
         g = gene or "gene"
-        self._titles = (f"{g}: predicted & measured, {unit}", f"{g}: uncertainty (std over samples)")
+        what = "predicted & measured" if measured else "predicted"
+        self._titles = (f"{g}: {what}, {unit}", f"{g}: uncertainty (std over samples)")
         self._timer.start(self.DELAY_MS)
 
     @staticmethod
@@ -231,10 +232,13 @@ class GeneMapsWidget(QWidget):
         unc = lyrs["std"].metadata.get("clim") if "std" in lyrs else None
         ad = self.session.prediction
         unit = ad.uns.get("flag", {}).get("transform", "log2p1") if ad is not None else "log2p1"
-        unit = {"log2p1": "log2(1+count)", "log1p": "ln(1+count)", "none": "count"}.get(unit, unit)
-        self.colorbar.set_limits(gene, expr, unc, unit)
-        self.info.setText(f"{gene}: colour range {expr[0]:.2f}–{expr[1]:.2f} "
-                          f"(1–99th percentile of measured ∪ predicted), same on both panels")
+        unit = {"log2p1": "log2(1+count)", "log1p": "ln(1+count)", "lognorm": "ln(1+count per 10k)",
+                "none": "count"}.get(unit, unit)
+        measured = "truth" in lyrs
+        self.colorbar.set_limits(gene, expr, unc, unit, measured=measured)
+        basis = "measured ∪ predicted" if measured else "predicted; no measured expression here"
+        self.info.setText(f"{gene}: colour range {expr[0]:.2f}–{expr[1]:.2f} (1–99th percentile of {basis})"
+                          + (", same on both panels" if measured else ""))
 
     # -- layout
     @report_errors

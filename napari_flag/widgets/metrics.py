@@ -148,6 +148,13 @@ class MetricsWidget(EvaluationJob, QWidget):
     def _show(self, key: str, ev: dict) -> None:
         if key != self.session.prediction_key:
             return
+        if ev.get("missing"):  # nothing measured to score against: say exactly what is missing
+            for i in range(len(SUMMARY_ROWS)):
+                self.summary.setItem(i, 1, QTableWidgetItem("–"))
+            self.genes.setRowCount(0)
+            self.title.setText(f"No metrics: {ev['missing']}.")
+            self.computed.emit(key)
+            return
         m = ev["metrics"]
         for i, (k, _) in enumerate(SUMMARY_ROWS):
             v = m.get(k, float("nan"))

@@ -139,13 +139,21 @@ class MoransWidget(EvaluationJob, QWidget):
     def _show(self, key: str, ev: dict) -> None:
         if key != self.session.prediction_key:
             return
-        ssc = ev["metrics"].get("SSC", float("nan"))
-        self.scatter.plot(ev["genes"], ev["moran_true"], ev["moran_pred"], ssc)
-        fill_gene_table(self.table, ev["genes"], [ev["moran_true"], ev["moran_pred"]])
-        self.title.setText(
-            f"Global Moran's I on the {ev['grid']} spot grid; SSC = {ssc:.3f} "
-            f"(Pearson r of measured vs predicted I over genes)"
-        )
+        if ev["moran_true"] is None:  # a prediction alone: its own spatial structure, sortable
+            self.scatter.clear("no measured expression: the table ranks genes by predicted Moran's I")
+            self.table.setHorizontalHeaderLabels(["gene", "I predicted", "mean predicted"])
+            fill_gene_table(self.table, ev["genes"], [ev["moran_pred"], ev["mean_pred"]])
+            self.title.setText(f"Global Moran's I of the prediction on the {ev['grid']} spot grid. "
+                               f"{ev['missing']}.")
+        else:
+            ssc = ev["metrics"].get("SSC", float("nan"))
+            self.scatter.plot(ev["genes"], ev["moran_true"], ev["moran_pred"], ssc)
+            self.table.setHorizontalHeaderLabels(["gene", "I measured", "I predicted"])
+            fill_gene_table(self.table, ev["genes"], [ev["moran_true"], ev["moran_pred"]])
+            self.title.setText(
+                f"Global Moran's I on the {ev['grid']} spot grid; SSC = {ssc:.3f} "
+                f"(Pearson r of measured vs predicted I over genes)"
+            )
         if self.session.gene:
             self._on_gene(self.session.gene)
         self.computed.emit(key)

@@ -1,0 +1,98 @@
+"""In napari: a routine H&E image (no spots) opened, predicted on virtual spots, looked at.
+
+The slide is HER2ST C3 written as a pyramidal OME-TIFF (conftest ``her2st_slide``); the
+model is the bundled one, as a user would run it.
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("napari")
+pytest.importorskip("pytestqt")
+
+from napari_flag import layers as L  # noqa: E402
+
+PLUGIN = "napari-flag"
+FEATURE_DIR = Path(tempfile.gettempdir()) / "napari-flag-test-features"
+
+
+@pytest.fixture(autouse=True)
+def _feature_cache(monkeypatch):
+    monkeypatch.setenv("NAPARI_FLAG_FEATURE_DIR", str(FEATURE_DIR))
+
+
+def _dock(viewer, name):
+    return viewer.window.add_plugin_dock_widget(PLUGIN, name)[1]
+
+
+def _roles(viewer):
+    return {lyr.metadata.get(L.ROLE): lyr for lyr in viewer.layers if L.ROLE in lyr.metadata}
+
+
+def _predict(viewer, qtbot, w, steps=2, samples=2, timeout=240_000):
+    w.form.device.value = "cpu"
+    w.form.steps.value = steps
+    w.form.samples.value = samples
+    with qtbot.waitSignal(w.run_finished, timeout=timeout) as done:
+        w.predict_btn.click()
+    return done.args[0]
+
+
+def test_image_only_slide_predict_gene_maps_morans_metrics(make_napari_viewer, qtbot, her2st_slide, tmp_path):
+    path, _ = her2st_slide("C3", 2)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1920, 1080)
+    opened = viewer.open(str(path), plugin=PLUGIN)
+    assert [type(lyr).__name__ for lyr in opened] == ["Image"]  # no spots on a routine H&E
+    w = _dock(viewer, "Predict expression")
+    assert w.selected_layers() == [opened[0]]
+    assert _predict(viewer, qtbot, w) == "finished"
+    r = _roles(viewer)
+    assert {"virtual_spots", "pred", "std"} <= set(r) and "truth" not in r
+    assert len(r["pred"].data) == len(r["virtual_spots"].data) > 150
+    ad = w.session.prediction
+    assert ad.uns["flag"]["virtual_spots"] and "spatial" in ad.uns
+    # Gene maps: predicted | uncertainty side by side, no empty measured panel
+    gm = _dock(viewer, "Gene maps")
+    gene = ad.var_names[3]
+    w.session.set_gene(gene)
+    # Moran's I on the prediction alone: a sortable table of the predicted global I
+    mo = _dock(viewer, "Moran's I")
+    with qtbot.waitSignal(mo.computed, timeout=120_000):
+        mo.compute()
+    assert mo.table.rowCount() == ad.n_vars
+    assert mo.table.horizontalHeaderItem(1).text() == "I predicted"
+    assert "no measured expression" in mo.title.text() or "virtual spots" in mo.title.text()
+    mo.local.setChecked(True)
+    assert "lisa_pred" in _roles(viewer) and "lisa_truth" not in _roles(viewer)
+    # Metrics says exactly what is missing
+    me = _dock(viewer, "Metrics")
+    with qtbot.waitSignal(me.computed, timeout=60_000):
+        me.compute(force=True)
+    assert "No metrics" in me.title.text() and "virtual spots" in me.title.text()
+    qtbot.wait(300)
+    shot = viewer.screenshot(canvas_only=False)
+    from imageio.v3 import imwrite
+
+    imwrite(tmp_path / "routine.png", shot)
+    assert shot.shape[0] > 0 and np.asarray(shot)[..., :3].std() > 5  # something was drawn
+
+
+def test_image_only_slide_cancel_leaves_nothing(make_napari_viewer, qtbot, her2st_slide):
+    path, _ = her2st_slide("C3", 2)
+    viewer = make_napari_viewer()
+    viewer.open(str(path), plugin=PLUGIN)
+    before = [lyr.name for lyr in viewer.layers]
+    w = _dock(viewer, "Predict expression")
+    w.form.device.value = "cpu"
+    w.form.steps.value = 60
+    with qtbot.waitSignal(w.run_finished, timeout=240_000) as done:
+        with qtbot.waitSignal(w.progress, timeout=120_000):
+            w.predict_btn.click()
+        w.cancel_btn.click()
+    assert done.args == ["cancelled"]
+    assert [lyr.name for lyr in viewer.layers] == before
