@@ -263,9 +263,16 @@ def _counts_source(t, scale: str, path):
             return t.raw.X, [str(g) for g in t.raw.var_names], "counts"
         if scale == "counts" or _is_integer(t.X):
             return t.X, names, "counts"
+        _check_truth_values(t.X, path)  # say what is wrong before guessing a scale for it
         _note(f"{path}: X is not integer counts and the file has no layers['counts'] or .raw; "
               f"X is taken as already on the target scale (--truth-scale counts to transform it)")
     return t.X, names, "target"
+
+
+def _check_truth_values(X, path) -> None:
+    v = X.data if sp.issparse(X) else np.asarray(X)
+    if not np.isfinite(v).all() or (v < 0).any():  # neither counts nor log-scale expression
+        raise FlagInputError(f"{path}: truth holds negative or non-finite values (not counts or log expression)")
 
 
 def _is_integer(X) -> bool:
@@ -302,8 +309,7 @@ def _truth_from_file(path, genes, transform: str, scale: str = "auto"):
     totals = np.asarray(mat.sum(axis=1), dtype=np.float64).reshape(-1) if kind == "counts" else None
     sub = mat[:, [col[g] for g in have]]
     sub = np.asarray(sub.toarray() if sp.issparse(sub) else sub, dtype=np.float64)
-    if not np.isfinite(sub).all() or (sub < 0).any():  # neither counts nor log-scale expression
-        raise FlagInputError(f"{path}: truth holds negative or non-finite values (not counts or log expression)")
+    _check_truth_values(sub, path)
     if kind == "counts":
         sub = transform_counts(sub, transform, totals).astype(np.float64)  # library size over all genes
     out = np.full((t.n_obs, len(genes)), np.nan)

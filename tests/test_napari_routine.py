@@ -79,6 +79,10 @@ def test_image_only_slide_predict_gene_maps_morans_metrics(make_napari_viewer, q
     from imageio.v3 import imwrite
 
     imwrite(tmp_path / "routine.png", shot)
+    import os
+
+    if os.environ.get("NAPARI_FLAG_SHOTS"):  # keep it to look at
+        imwrite(Path(os.environ["NAPARI_FLAG_SHOTS"]) / "routine_he.png", shot)
     assert shot.shape[0] > 0 and np.asarray(shot)[..., :3].std() > 5  # something was drawn
 
 

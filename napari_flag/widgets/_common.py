@@ -49,6 +49,13 @@ def show_error(exc: BaseException | str) -> None:
     _show(msg)
 
 
+def show_warning(message: str) -> None:
+    """A napari warning notification (a model that does not fit the slide, ...)."""
+    from napari.utils.notifications import show_warning as _show
+
+    _show(message)
+
+
 def report_errors(fn: Callable) -> Callable:
     """Decorator for widget slots: errors become notifications and the slot returns ``None``."""
 

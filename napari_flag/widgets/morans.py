@@ -139,8 +139,8 @@ class MoransWidget(EvaluationJob, QWidget):
     def _show(self, key: str, ev: dict) -> None:
         if key != self.session.prediction_key:
             return
+        self.scatter.setVisible(ev["moran_true"] is not None)  # nothing to scatter against without truth
         if ev["moran_true"] is None:  # a prediction alone: its own spatial structure, sortable
-            self.scatter.clear("no measured expression: the table ranks genes by predicted Moran's I")
             self.table.setHorizontalHeaderLabels(["gene", "I predicted", "mean predicted"])
             fill_gene_table(self.table, ev["genes"], [ev["moran_pred"], ev["mean_pred"]])
             self.title.setText(f"Global Moran's I of the prediction on the {ev['grid']} spot grid. "

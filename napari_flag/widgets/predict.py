@@ -11,6 +11,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
@@ -25,7 +26,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import layers as L
-from ..inference import Progress, Result, iter_predict
+from ..inference import Notice, Progress, Result, iter_predict
 from ._common import (
     Cancelled,
     Failed,
@@ -37,6 +38,7 @@ from ._common import (
     sample_for_layer,
     show_error,
     show_scale_bar,
+    show_warning,
     slide_layers,
     run_worker,
 )
@@ -58,7 +60,7 @@ class SlideEvent:
     index: int
     count: int
     meta: dict
-    event: Progress | Result
+    event: Progress | Notice | Result
 
 
 def _predict_jobs(jobs, checkpoint, steps, samples, device):
@@ -78,7 +80,10 @@ def add_prediction_layers(viewer, adata, slide_meta: dict | None = None) -> str:
     meta = dict(slide_meta or {})
     info = adata.uns.get("flag", {})
     for k in ("pixel_size_um", "spot_diameter_px", "grid", "sample_id"):
-        if meta.get(k) is None and info.get(k) is not None:
+        v = meta.get(k)
+        unknown = v is None or (isinstance(v, float) and not np.isfinite(v))
+        # virtual spots: their geometry is the prediction's, the image layer has none
+        if (unknown or info.get("virtual_spots")) and info.get(k) is not None:
             meta[k] = info[k]
     session = get_session(viewer)
     key = L.register_prediction(adata)
@@ -237,6 +242,8 @@ class PredictWidget(QWidget):
             prefix = f"slide {ev.index + 1}/{ev.count}: " if ev.count > 1 else ""
             self.status.setText(f"{prefix}{p.stage} {p.done}/{total}")
             self.progress.emit(p.done, total, p.stage)
+        elif isinstance(ev, SlideEvent) and isinstance(ev.event, Notice):
+            show_warning(f"{ev.meta.get('sample_id') or 'slide'}: {ev.event.message}")
         elif isinstance(ev, SlideEvent):
             self._add_result(ev.meta, ev.event.adata)
         elif isinstance(ev, Failed):
