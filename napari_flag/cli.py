@@ -354,11 +354,19 @@ def _cmd_train(args) -> int:
 
 # ----------------------------------------------------------------------------- demo
 def _cmd_demo(args) -> int:
+    from ._demo import _first_line, _innermost, prefer_pyqt6, qt_problem
+
+    prefer_pyqt6()
+    problem = qt_problem()
+    if problem:
+        raise FlagInputError(f"demo unavailable: {problem}")
     try:
         from ._demo import run_demo
-    except ImportError as exc:
-        raise FlagInputError(f"demo unavailable: {exc}") from exc
-    run_demo(sample=args.sample)
+
+        run_demo(sample=args.sample)
+    except ImportError as exc:  # napari's own message says "see cause above": give the cause
+        inner = _innermost(exc)
+        raise FlagInputError(f"demo unavailable: {_first_line(str(inner)) or type(inner).__name__}") from None
     return 0
 
 
