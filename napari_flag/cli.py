@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -38,8 +39,30 @@ def _fail(message: str, status: int = 1):
     raise SystemExit(status)
 
 
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one-line notes: no source line, no file and line number of ours."""
+    _note(str(message))
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (no hidden "0 = default")."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n} (leave it out for the model's default)")
+    return n
+
+
 def _guard(fn, args) -> int:
     """Run a subcommand; turn expected failures into one line on stderr."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_note
+        return _run(fn, args)
+
+
+def _run(fn, args) -> int:
     try:
         rc = fn(args)
         return int(rc or 0)
@@ -385,8 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sample", help="dataset id (her2st:C2), Space Ranger outs/ folder, HEST folder, .h5ad or image")
     p.add_argument("--out", required=True, help="output .h5ad (never overwritten without --overwrite)")
     p.add_argument("--checkpoint", default=None, help="trained model (.pt); default: the bundled model")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    p.add_argument("--samples", type=int, default=None, help="samples per spot (default: the model's)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps, >= 1 (default: the model's)")
+    p.add_argument("--samples", type=_positive_int, default=None,
+                   help="samples per spot, >= 1 (default: the model's)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
