@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +142,8 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
             warnings.simplefilter("ignore")
             ckpt = torch.load(p, map_location=map_location, weights_only=True)
     except Exception as exc:  # corrupt, truncated, not torch, or unsafe pickle content
-        raise FlagInputError(f"{p}: not a readable napari-flag checkpoint ({_load_problem(exc)})") from None
+        why = _load_problem(exc, p)
+        raise FlagInputError(f"{p}: not a napari-flag checkpoint{f' ({why})' if why else ''}") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise FlagInputError(f"{p}: not a napari-flag checkpoint")
     try:
@@ -162,18 +164,33 @@ def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:
     return ckpt
 
 
-def _load_problem(exc: BaseException) -> str:
-    """What went wrong in ``torch.load``, in words a user can act on (torch's own text is long)."""
-    text = str(exc)
-    if isinstance(exc, pickle.UnpicklingError) and "weights only" in text.lower():
+def _load_problem(exc: BaseException, path: Path) -> str | None:
+    """Why ``torch.load`` refused a file, when the reason helps; ``None`` for a
+    file that is simply something else (torch's own text names its internals)."""
+    text = str(exc).lower()
+    if isinstance(exc, pickle.UnpicklingError) and "weights only" in text and _looks_like_torch(path):
         # torch's safe unpickler stopped before building anything: no code from the file ran
-        if "global" in text.lower():
+        if "global" in text:
             return "refused: it holds Python objects besides tensors and plain data; nothing from it was run"
-        return "refused: corrupt, or not made of tensors and plain data only; nothing from it was run"
-    if "zip archive" in text or "central directory" in text or isinstance(exc, EOFError):
+        return "refused: not made of tensors and plain data only; nothing from it was run"
+    if isinstance(exc, EOFError) or path.stat().st_size == 0:
+        return "empty file"
+    if zipfile.is_zipfile(path) and ("central directory" in text or "zip archive" in text):
         return "truncated or corrupt file"
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return f"corrupt or not a torch file: {first[:120]}"
+    if _looks_like_torch(path) and ("central directory" in text or "zip archive" in text):
+        return "truncated or corrupt file"
+    return None
+
+
+def _looks_like_torch(path: Path) -> bool:
+    """A zip archive (torch's format) or a pickle stream (its legacy format, and
+    what a crafted file would be), judged by the first bytes."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(2)
+    except OSError:
+        return False
+    return head[:2] == b"PK" or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
 
 
 def _invalid_fields(ckpt: dict) -> str | None:

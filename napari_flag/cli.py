@@ -10,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Sequence
 
@@ -59,8 +60,30 @@ def _fail(message: str, status: int = 1):
     raise SystemExit(status)
 
 
+def _show_note(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one-line notes: no source line, no file and line number of ours."""
+    _note(str(message))
+
+
+def _positive_int(text: str) -> int:
+    """argparse type for counts that must be at least 1 (no hidden "0 = default")."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {n} (leave it out for the model's default)")
+    return n
+
+
 def _guard(fn, args) -> int:
     """Run a subcommand; turn expected failures into one line on stderr."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_note
+        return _run(fn, args)
+
+
+def _run(fn, args) -> int:
     try:
         rc = fn(args)
         return int(rc or 0)
@@ -456,11 +479,19 @@ def _cmd_train(args) -> int:
 
 # ----------------------------------------------------------------------------- demo
 def _cmd_demo(args) -> int:
+    from ._demo import _first_line, _innermost, prefer_pyqt6, qt_problem
+
+    prefer_pyqt6()
+    problem = qt_problem()
+    if problem:
+        raise FlagInputError(f"demo unavailable: {problem}")
     try:
         from ._demo import run_demo
-    except ImportError as exc:
-        raise FlagInputError(f"demo unavailable: {exc}") from exc
-    run_demo(sample=args.sample)
+
+        run_demo(sample=args.sample)
+    except ImportError as exc:  # napari's own message says "see cause above": give the cause
+        inner = _innermost(exc)
+        raise FlagInputError(f"demo unavailable: {_first_line(str(inner)) or type(inner).__name__}") from None
     return 0
 
 
@@ -490,8 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pixel-size-um", type=_positive_float, default=None,
                    help="microns per full-resolution pixel, for images whose file records none (or a wrong one)")
     p.add_argument("--checkpoint", default=None, help="trained model (.pt); default: the bundled model")
-    p.add_argument("--steps", type=int, default=None, help="sampler steps (default: the model's)")
-    p.add_argument("--samples", type=int, default=None, help="samples per spot (default: the model's)")
+    p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps, >= 1 (default: the model's)")
+    p.add_argument("--samples", type=_positive_int, default=None,
+                   help="samples per spot, >= 1 (default: the model's)")
     p.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:1, mps")
     p.add_argument("--seed", type=int, default=0, help="random seed of the sampler")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")

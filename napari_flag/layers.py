@@ -269,8 +269,9 @@ PANEL_TITLES = {
     "pred": "predicted",
     "truth": "measured",
     "std": "uncertainty",
-    "lisa_pred": "local Moran's I predicted",
-    "lisa_truth": "local Moran's I measured",
+    # short: the layer list shows about 30 characters of a name
+    "lisa_pred": "local I predicted",
+    "lisa_truth": "local I measured",
 }
 
 

@@ -74,6 +74,16 @@ def with_prediction(viewer, result):
     return add_prediction_layers(viewer, result, meta)
 
 
+def grid_cells(shot, viewer, n=3):
+    """The first ``n`` panels of a grid-mode screenshot, in reading order (the
+    grid's shape follows the canvas and the tissue's aspect)."""
+    grid = viewer.canvas.grid if hasattr(viewer, "canvas") else viewer.grid
+    rows, cols = grid.shape
+    h, w = shot.shape[:2]
+    return [shot[(i // cols) * h // rows:(i // cols + 1) * h // rows,
+                 (i % cols) * w // cols:(i % cols + 1) * w // cols, :3].astype(float) for i in range(n)]
+
+
 def roles(viewer):
     return {lyr.metadata.get(L.ROLE): lyr for lyr in viewer.layers if lyr.metadata.get(L.ROLE)}
 
@@ -223,9 +233,7 @@ def test_gene_maps_side_by_side_and_switch(make_napari_viewer, qtbot, c2_result)
     # the screenshot has the H&E and the spots in each panel
     qtbot.wait(300)
     shot = viewer.screenshot(canvas_only=True, flash=False)
-    h, wd = shot.shape[:2]
-    thirds = [shot[:, i * wd // 3:(i + 1) * wd // 3, :3].astype(float) for i in range(3)]
-    for t in thirds:
+    for t in grid_cells(shot, viewer):
         assert t.std() > 10  # not a blank panel
         assert (t.sum(axis=2) > 200).mean() > 0.05  # some bright pixels: slide or spots
 
@@ -278,18 +286,16 @@ def test_gene_maps_as_images_on_large_slides(make_napari_viewer, qtbot, c2_resul
 
     qtbot.wait(300)
     after = viewer.screenshot(canvas_only=True, flash=False)
-    wd = after.shape[1]
-    thirds = [(x[:, i * wd // 3:(i + 1) * wd // 3, :3].astype(float) for x in (before, after)) for i in range(3)]
     change = []
-    for b, a in thirds:
+    for b, a in zip(grid_cells(before, viewer), grid_cells(after, viewer)):
         assert a.std() > 10  # drawn: H&E and spots
         change.append(np.abs(a - b).mean())
     assert change[1] > 1.0  # the measured panel was repainted with the new gene
     # ... with its new values, not only its new range
     maps["truth"].contrast_limits = clim_before
     qtbot.wait(300)
-    same_range = viewer.screenshot(canvas_only=True, flash=False)[:, wd // 3:2 * wd // 3, :3].astype(float)
-    assert np.abs(same_range - before[:, wd // 3:2 * wd // 3, :3]).mean() > 1.0
+    same_range = grid_cells(viewer.screenshot(canvas_only=True, flash=False), viewer)[1]
+    assert np.abs(same_range - grid_cells(before, viewer)[1]).mean() > 1.0
     maps["truth"].contrast_limits = w.session.clim
 
     # local Moran's I panels join the grid as images too, and leave with their Points
@@ -340,7 +346,9 @@ def test_metrics_table_drives_gene(make_napari_viewer, qtbot, c2_result):
     # sorted by PCC, best first
     col = [w.genes.item(i, 1).value for i in range(w.genes.rowCount())]
     assert col == sorted(col, reverse=True)
-    w.genes.sortItems(1, 0)  # ascending
+    from qtpy.QtCore import Qt
+
+    w.genes.sortItems(1, Qt.SortOrder.AscendingOrder)
     gene = w.genes.item(0, 0).text()
     w.genes.selectRow(0)
     assert w.session.gene == gene and roles(viewer)["pred"].metadata["gene"] == gene

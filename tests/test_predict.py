@@ -161,14 +161,14 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path):
 
     cases = {}
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
-    cases["garbage.pt"] = "not a readable"
+    cases["garbage.pt"] = "not a napari-flag checkpoint$"
     data = ckpt.read_bytes()
     (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
-    cases["truncated.pt"] = "not a readable"
+    cases["truncated.pt"] = r"not a napari-flag checkpoint \(truncated or corrupt file\)"
     torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
     cases["foreign.pt"] = "not a napari-flag checkpoint"
     torch.save({"obj": threading.Lock}, tmp_path / "unsafe.pt")  # needs pickle of a class: refused
-    cases["unsafe.pt"] = "not a readable"
+    cases["unsafe.pt"] = "not a napari-flag checkpoint .refused"
     ck = torch.load(ckpt, weights_only=True)
     ck["model"] = {"nope": torch.zeros(1)}
     torch.save(ck, tmp_path / "mismatch.pt")

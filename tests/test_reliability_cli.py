@@ -151,10 +151,10 @@ def _variant(ckpt: Path, folder: Path, name: str) -> tuple[Path, str]:
         return p, "truncated or corrupt"
     if name == "random-bytes":
         p.write_bytes(np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
-        return p, "not a readable napari-flag checkpoint"
+        return p, "not a napari-flag checkpoint"
     if name == "empty":
         p.write_bytes(b"")
-        return p, "not a readable napari-flag checkpoint"
+        return p, "not a napari-flag checkpoint"
     if name == "foreign":
         torch.save({"state_dict": {"w": torch.zeros(2)}}, p)
         return p, "not a napari-flag checkpoint"

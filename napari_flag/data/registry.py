@@ -148,6 +148,23 @@ def _offline() -> bool:
     return os.environ.get(ENV_OFFLINE, "").strip().lower() in {"1", "true", "yes", "on"}
 
 
+def _download_problem(exc: BaseException) -> str:
+    """A few words for why a download failed; the library's text holds URLs and
+    nested exception reprs."""
+    name = type(exc).__name__
+    text = str(exc)
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status is not None:
+        return f"HTTP {status}"
+    if "hash" in text.lower() and isinstance(exc, ValueError):
+        return "the downloaded file has a different sha256"
+    if isinstance(exc, (ConnectionError, TimeoutError)) or "Connection" in name or "Timeout" in name:
+        return "no connection to the server"
+    first = text.strip().splitlines()[0] if text.strip() else name
+    return first if len(first) <= 80 else name
+
+
 def fetch_file(relpath: str, sha256: str | None = None, url: str | None = None) -> Path:
     """Path of ``<cache_dir>/<relpath>``, downloading it only when missing.
 
@@ -173,6 +190,9 @@ def fetch_file(relpath: str, sha256: str | None = None, url: str | None = None) 
     # Download next to nothing in the cache: only a complete, verified file is
     # moved in, so a failed attempt leaves the (possibly shared) cache untouched.
     with tempfile.TemporaryDirectory(prefix="napari-flag-dl-") as tmp:
+        log = pooch.get_logger()
+        level = log.level
+        log.setLevel("WARNING")  # its "Downloading data from <url>" line is noise before our own
         try:
             got = pooch.retrieve(
                 url,
@@ -182,10 +202,11 @@ def fetch_file(relpath: str, sha256: str | None = None, url: str | None = None) 
                 progressbar=False,
             )
         except Exception as exc:  # network, HTTP, hash: all mean "not available"
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise FlagInputError(
-                f"{target}: file not in the dataset cache and download failed ({msg}); {hint}"
+                f"{target}: file not in the dataset cache and download failed ({_download_problem(exc)}); {hint}"
             ) from None
+        finally:
+            log.setLevel(level)
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
             part = target.with_name(f".{target.name}.{os.getpid()}.part")
@@ -219,5 +240,6 @@ def fetch_her2st(section: str, image: bool = True) -> dict:
         except FlagInputError as exc:
             if "hash mismatch" in str(exc):
                 raise
-            warnings.warn(f"{info.dataset_id}: continuing without the H&E image ({exc})", stacklevel=2)
+            out["image_problem"] = str(exc)
+            warnings.warn(f"{info.dataset_id}: continuing without the H&E image: {exc}", stacklevel=2)
     return out

@@ -110,7 +110,7 @@ def show_scale_bar(viewer) -> None:
         pass
 
 
-def focus_on_spots(viewer, layers=None) -> None:
+def focus_on_spots(viewer, layers=None, margin: float = 0.03) -> None:
     """Fit the view to the spots (the tissue), not to the whole slide image."""
     from napari.layers import Points
 
@@ -118,7 +118,7 @@ def focus_on_spots(viewer, layers=None) -> None:
         layers = [lyr for lyr in viewer.layers if isinstance(lyr, Points) and lyr.visible and len(lyr.data)]
     layers = [lyr for lyr in layers if len(lyr.data)]
     try:
-        viewer.reset_view(layers=layers or None, margin=0.03)
+        viewer.reset_view(layers=layers or None, margin=margin)
     except TypeError:  # napari without the layers argument
         viewer.reset_view()
 
@@ -187,11 +187,52 @@ def prediction_keys(viewer) -> list[str]:
 
 
 def prediction_label(key: str) -> str:
-    """``"C2 · best.pt (#3)"``: slide, model file, run number."""
+    """``"C2 · best.pt"``: slide and model file."""
     ad = L.get_prediction(key)
     info = ad.uns.get("flag", {}) if ad is not None else {}
     ck = Path(str(info.get("checkpoint", ""))).name
-    return f"{info.get('sample_id', '?')}{' · ' + ck if ck else ''} (#{key.rsplit('#', 1)[-1]})"
+    return f"{info.get('sample_id', '?')}{' · ' + ck if ck else ''}"
+
+
+def prediction_labels(keys) -> list[str]:
+    """Labels of ``keys``; repeated runs of one slide and model get ``(run 2)``, ``(run 3)``…
+    in the order they were made, so the first is never numbered."""
+    base = [prediction_label(k) for k in keys]
+
+    def made(k: str) -> int:
+        tail = k.rsplit("#", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+    out = list(base)
+    for label in set(base):
+        same = sorted((i for i, b in enumerate(base) if b == label), key=lambda i: made(keys[i]))
+        for n, i in enumerate(same[1:], start=2):
+            out[i] = f"{label} (run {n})"
+    return out
+
+
+def present_prediction(viewer, key: str) -> None:
+    """What a new prediction shows first: the predicted map on top and selected.
+
+    Truth and uncertainty stay in the layer list, hidden (one click on their
+    eye), and so do the slide's plain spots: drawn under the prediction they
+    would tint its colours.
+    """
+    lyrs = prediction_layers(viewer, key, PRED_ROLES)
+    pred = lyrs.get("pred")
+    if pred is None:
+        return
+    for role in ("truth", "std"):
+        if role in lyrs:
+            lyrs[role].visible = False
+    skey = pred.metadata.get("sample_key")
+    for lyr in viewer.layers:
+        md = flag_meta(lyr)
+        if skey and md.get(L.ROLE) == "spots" and md.get("sample_key") == skey:
+            lyr.visible = False
+    ll = viewer.layers
+    ll.move(ll.index(pred), len(ll))
+    ll.selection.active = pred
 
 
 # ---------------------------------------------------------------------------

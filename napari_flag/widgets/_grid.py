@@ -52,6 +52,17 @@ def grid_model(viewer):
     return grid if grid is not None else viewer.grid
 
 
+def show_title(layer, on: bool = True) -> None:
+    """The layer's name in the top left of its panel (napari's name overlay)."""
+    ov = getattr(layer, "name_overlay", None)
+    if ov is None:  # napari < 0.6
+        return
+    if on:
+        ov.font_size = 12
+        ov.box = True
+    ov.visible = on
+
+
 def _slide_layer(viewer, meta: dict):
     """The slide image a prediction was made from (by name, then by sample key)."""
     name = meta.get("slide_layer")
@@ -79,7 +90,7 @@ def _panel_image(viewer, key: str, role: str, slide):
         translate=slide.translate,
         units=slide.units,
         contrast_limits=slide.contrast_limits,
-        name=f"H&E under {L.PANEL_TITLES.get(role, role)}",
+        name=f"H&E · {L.PANEL_TITLES.get(role, role)}",
         metadata=md,
     )
     return viewer.add_layer(img)
@@ -102,6 +113,31 @@ def panel_layers(viewer, key: str) -> list[tuple]:
     return out
 
 
+def grid_shape(viewer, n: int, points) -> tuple[int, int]:
+    """``(rows, cols)`` for ``n`` panels that shows the tissue largest on this canvas.
+
+    A wide section on a wide canvas is drawn bigger in 2 x 2 than in 1 x 3; a
+    row wins ties, so the panels read left to right.
+    """
+    import numpy as np
+
+    size = getattr(getattr(viewer, "canvas", None), "size", None)
+    if n <= 1 or size is None or not points:
+        return (1, max(n, 1)) if n <= 3 else (2, math.ceil(n / 2))
+    ext = np.concatenate([np.asarray(p.extent.world)[:, -2:] for p in points])
+    h, w = np.maximum(ext.max(axis=0) - ext.min(axis=0), 1e-9)
+    ch, cw = (float(x) for x in size)
+    best, shape = -1.0, (1, n)
+    for rows in range(1, n + 1):
+        cols = math.ceil(n / rows)
+        if (rows - 1) * cols >= n:  # a whole empty row
+            continue
+        zoom = min(cw / cols / w, ch / rows / h)
+        if zoom > best * 1.15:  # a clearly larger view, else keep fewer rows
+            best, shape = zoom, (rows, cols)
+    return shape
+
+
 def arrange_side_by_side(viewer, key: str) -> list:
     """Turn grid mode on with one viewbox per panel of prediction ``key``; returns the panel layers."""
     triples = panel_layers(viewer, key)
@@ -122,14 +158,17 @@ def arrange_side_by_side(viewer, key: str) -> list:
             lyr.metadata[_HIDDEN_KEY] = True
     for lyr in ordered:
         lyr.visible = True
+    for _, panel, _ in triples:
+        show_title(panel)
+    viewer.layers.selection.active = triples[0][1]
     n = len(triples)
     grid = grid_model(viewer)
     grid.stride = stride
-    grid.shape = (1, n) if n <= 3 else (2, math.ceil(n / 2))
+    grid.shape = grid_shape(viewer, n, [pts for _, _, pts in triples])
     grid.spacing = 0.02
     grid.enabled = True
     show_scale_bar(viewer)
-    focus_on_spots(viewer, [pts for _, _, pts in triples])
+    focus_on_spots(viewer, [pts for _, _, pts in triples], margin=0.06)  # room for the titles
     return ordered
 
 
@@ -137,6 +176,7 @@ def leave_side_by_side(viewer, key: str | None) -> None:
     """Grid off; panel copies hidden, the prediction on top, other layers as they were."""
     grid_model(viewer).enabled = False
     for lyr in viewer.layers:
+        show_title(lyr, False)
         md = lyr.metadata or {}
         if md.pop(_HIDDEN_KEY, False):
             lyr.visible = True
@@ -150,3 +190,5 @@ def leave_side_by_side(viewer, key: str | None) -> None:
         pred.visible = True
         ll = viewer.layers
         ll.move(ll.index(pred), len(ll))
+        ll.selection.active = pred
+        focus_on_spots(viewer, [pred])  # the grid's zoom does not fit one full-size view

@@ -21,21 +21,24 @@ from qtpy.QtWidgets import (
 )
 
 from .. import layers as L
-from ._common import get_session, prediction_keys, prediction_label, prediction_layers, report_errors, unwrap_viewer
+from ._common import get_session, prediction_keys, prediction_labels, prediction_layers, report_errors, unwrap_viewer
 from ._grid import arrange_side_by_side, grid_model, leave_side_by_side
 
 
 class ColorbarCanvas(QWidget):
-    """The colour legend: expression (shared by predicted and measured) and
-    uncertainty, drawn with matplotlib.
+    """The colour legend of what the canvas shows, drawn with matplotlib.
 
-    The figure is built once; :meth:`set_limits` only moves tick labels and
-    titles, and the redraw is deferred a few tens of milliseconds (restarted
-    on every call) so that scrolling through genes repaints the maps first and
-    the legend once, when the user pauses.
+    Up to three rows: expression (shared by predicted and measured, or the
+    slide's total counts before any prediction), uncertainty, and local
+    Moran's I when its maps are shown.  The figure is built once;
+    :meth:`set_limits` only moves tick labels and titles, and the redraw is
+    deferred a few tens of milliseconds (restarted on every call) so that
+    scrolling through genes repaints the maps first and the legend once, when
+    the user pauses.
     """
 
     DELAY_MS = 40
+    ROWS = ("expr", "unc", "lisa")
 
     def __init__(self, parent=None):
         super().__init__(parent)
@@ -44,18 +47,22 @@ class ColorbarCanvas(QWidget):
         from matplotlib.figure import Figure
         from qtpy.QtCore import QTimer
 
-        self.figure = Figure(figsize=(3.2, 1.5), dpi=100)
+        self.figure = Figure(figsize=(3.2, 2.0), dpi=100)
         self.canvas = FigureCanvasQTAgg(self.figure)
-        self.canvas.setMinimumHeight(130)
+        self.canvas.setMinimumHeight(170)
         grad = np.linspace(0, 1, 256)[None, :]
-        self.axes = []
-        for y, cmap in ((0.62, L.EXPRESSION_COLORMAP), (0.15, L.UNCERTAINTY_COLORMAP)):
-            ax = self.figure.add_axes((0.05, y, 0.9, 0.13))
-            ax.imshow(grad, aspect="auto", cmap=cmap, extent=(0, 1, 0, 1))
+        self.axes = {}
+        cmaps = {"expr": L.EXPRESSION_COLORMAP, "unc": L.UNCERTAINTY_COLORMAP, "lisa": L.LISA_COLORMAP}
+        for row in self.ROWS:
+            ax = self.figure.add_axes((0.05, 0.0, 0.9, 0.1))
+            ax.imshow(grad, aspect="auto", cmap=cmaps[row], extent=(0, 1, 0, 1))
             ax.set_yticks([])
             ax.tick_params(labelsize=7, length=2, pad=1)
-            self.axes.append(ax)
-        self.limits: dict[str, tuple[float, float] | None] = {"expr": (0.0, 1.0), "unc": None}
+            self.axes[row] = ax
+        self.limits: dict[str, tuple[float, float] | None] = {"expr": (0.0, 1.0), "unc": None, "lisa": None}
+        self._titles = {"expr": "", "unc": "", "lisa": ""}
+        #: called at redraw for the local Moran's I range (``None``: not shown)
+        self.lisa_limits = lambda: None
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.timeout.connect(self.redraw)
@@ -65,11 +72,17 @@ class ColorbarCanvas(QWidget):
         self.set_limits(None, (0.0, 1.0), None)
         self.redraw()
 
-    def set_limits(self, gene, expr, unc, unit: str = "log2(1+count)", measured: bool = True) -> None:
-        self.limits = {"expr": tuple(expr), "unc": None if unc is None else tuple(unc)}
+    def set_limits(self, gene, expr, unc, unit: str = "log2(1+count)", title: str | None = None,
+                   measured: bool = True) -> None:
+        """Ranges of the maps of ``gene``; ``title`` replaces the expression row's
+        title (e.g. the slide's total counts before a prediction); ``measured``:
+        whether the slide has measured expression sharing the range."""
+        self.limits.update(expr=None if expr is None else tuple(expr), unc=None if unc is None else tuple(unc))
         g = gene or "gene"
         what = "predicted & measured" if measured else "predicted"
-        self._titles = (f"{g}: {what}, {unit}", f"{g}: uncertainty (std over samples)")
+        self._titles["expr"] = title or f"{g}: {what}, {unit}"
+        self._titles["unc"] = f"{g}: uncertainty (std over samples)"
+        self._titles["lisa"] = f"{g}: local Moran's I (red: like its neighbours, blue: unlike)"
         self._timer.start(self.DELAY_MS)
 
     @staticmethod
@@ -81,17 +94,27 @@ class ColorbarCanvas(QWidget):
         ax.set_xticks([(v - lo) / span for v in vals])
         ax.set_xticklabels([f"{v:.3g}" for v in vals])
 
+    def shown_rows(self) -> list[str]:
+        return [r for r in self.ROWS if self.limits.get(r) is not None]
+
+    def titles(self) -> list[str]:
+        """Titles of the rows shown (what the legend says)."""
+        return [self._titles[r] for r in self.shown_rows()]
+
     def redraw(self) -> None:
         """Apply the pending limits and draw now."""
         self._timer.stop()
-        ax_e, ax_u = self.axes
-        self._ticks(ax_e, *self.limits["expr"])
-        ax_e.set_title(self._titles[0], fontsize=8, pad=2)
-        unc = self.limits["unc"]
-        ax_u.set_visible(unc is not None)
-        if unc is not None:
-            self._ticks(ax_u, *unc)
-            ax_u.set_title(self._titles[1], fontsize=8, pad=2)
+        lisa = self.lisa_limits()
+        self.limits["lisa"] = None if lisa is None else tuple(lisa)
+        rows = self.shown_rows()
+        h = 1.0 / max(len(rows), 1)
+        for row, ax in self.axes.items():
+            ax.set_visible(row in rows)
+        for i, row in enumerate(rows):  # top to bottom, each row a bar with its title above
+            ax = self.axes[row]
+            ax.set_position((0.05, 1.0 - (i + 1) * h + 0.42 * h, 0.9, 0.2 * h if len(rows) > 2 else 0.25 * h))
+            self._ticks(ax, *self.limits[row])
+            ax.set_title(self._titles[row], fontsize=8, pad=2)
         self.canvas.draw_idle()
 
 
@@ -188,16 +211,52 @@ class GeneMapsWidget(QWidget):
         self.session.gene_changed.connect(self._on_gene)
         self.session.prediction_changed.connect(self._on_prediction)
         self.session.predictions_updated.connect(self._refresh_predictions)
+        self.colorbar.lisa_limits = self._lisa_limits
+        ev = self.viewer.layers.events
+        ev.inserted.connect(self._on_layers)
+        ev.removed.connect(self._on_layers)
         self._refresh_predictions()
         self._on_prediction(self.session.prediction_key)
+
+    # -- legend
+    def _lisa_limits(self):
+        """Range of the local Moran's I maps of the current prediction, when there are any."""
+        from ._common import panel_map_layer
+
+        lyrs = prediction_layers(self.viewer, self.session.prediction_key, ("lisa_pred", "lisa_truth"))
+        for lyr in lyrs.values():
+            img = panel_map_layer(self.viewer, lyr)
+            shown = lyr.visible or (img is not None and img.visible)
+            if shown and lyr.metadata.get("clim") is not None:
+                return lyr.metadata["clim"]
+        return None
+
+    def _spots_legend(self) -> None:
+        """Before a prediction: the legend of the slide's spots (total counts per spot)."""
+        for lyr in reversed(list(self.viewer.layers)):
+            md = lyr.metadata or {}
+            if md.get(L.ROLE) == "spots" and lyr.visible and "total_counts" in getattr(lyr, "features", {}):
+                lo, hi = (float(x) for x in lyr.face_contrast_limits)
+                self.colorbar.set_limits(None, (lo, hi), None,
+                                         title=f"{md.get('sample_id', 'spots')} spots: total counts per spot")
+                return
+        self.colorbar.set_limits(None, None, None)
+
+    def _on_layers(self, event=None) -> None:
+        if event is not None and getattr(event, "type", "") == "inserted":
+            event.value.events.visible.connect(self._on_layers)  # a legend row per map shown
+        if self.session.prediction is None:
+            self._spots_legend()
+        else:
+            self.colorbar._timer.start(self.colorbar.DELAY_MS)  # local Moran's I maps come and go
 
     # -- predictions
     def _refresh_predictions(self) -> None:
         keys = prediction_keys(self.viewer)
         self.pred_combo.blockSignals(True)
         self.pred_combo.clear()
-        for k in keys:
-            self.pred_combo.addItem(prediction_label(k), k)
+        for k, label in zip(keys, prediction_labels(keys)):
+            self.pred_combo.addItem(label, k)
         cur = self.session.prediction_key
         if cur in keys:
             self.pred_combo.setCurrentIndex(keys.index(cur))
@@ -214,6 +273,7 @@ class GeneMapsWidget(QWidget):
         self.picker.set_genes(self.session.genes())
         if key is None:
             self.info.setText("Run Predict to get gene maps.")
+            self._spots_legend()
             return
         if self.session.gene:
             self._on_gene(self.session.gene)

@@ -34,6 +34,7 @@ from ._common import (
     flag_meta,
     get_session,
     layer_source,
+    present_prediction,
     report_errors,
     sample_for_layer,
     show_error,
@@ -90,6 +91,7 @@ def add_prediction_layers(viewer, adata, slide_meta: dict | None = None) -> str:
     gene = session.gene if session.gene in adata.var_names else None
     for data, kwargs, ltype in L.prediction_to_layer_data(adata, gene=gene, meta=meta, key=key):
         viewer.add_layer(Layer.create(data, kwargs, ltype))
+    present_prediction(viewer, key)
     session.add_prediction(key)
     return key
 
@@ -121,9 +123,9 @@ class PredictWidget(QWidget):
                          value=_default_checkpoint(),
                          tooltip="Trained model (.pt); the bundled default model is preselected"),
                 ComboBox(name="device", label="device", choices=DEVICES, value="auto"),
-                SpinBox(name="steps", label="sampler steps", min=0, max=1000, value=0,
+                SpinBox(name="steps", label="sampler steps (0 = model's)", min=0, max=1000, value=0,
                         tooltip="Denoising steps (0 = the checkpoint's default)"),
-                SpinBox(name="samples", label="samples / spot", min=0, max=64, value=0,
+                SpinBox(name="samples", label="samples / spot (0 = model's)", min=0, max=64, value=0,
                         tooltip="Samples averaged per spot; their spread is the uncertainty (0 = default)"),
             ],
             labels=True,
