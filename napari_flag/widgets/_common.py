@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import numpy as np
 from psygnal import Signal
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidget
 
 from .. import layers as L
 from . import _analysis
@@ -578,20 +579,91 @@ def run_worker(gen_fn: Callable, *args: Any, cancel=None, **kwargs: Any):
     return create_worker(guarded, _start_thread=False)
 
 
-class EvaluationJob:
-    """Mixin for panels fed by the shared per-prediction evaluation (``_analysis``).
+class FlagWidget(QWidget):
+    """Base of the dock widgets: the viewer, its session, and at most one worker at a time.
 
-    The host sets ``session``, ``title`` (a QLabel), ``_worker = None`` and
-    ``_failed = set()``, and defines ``compute()`` and ``_show(key, ev)``;
-    ``_what`` names the result in messages.  A failed prediction is remembered
-    so it is not retried on every gene switch.
+    A widget that runs jobs (Predict, Train) sets ``go_btn``, ``halt_btn``, ``bar``
+    and ``status``, starts with :meth:`_run_job`, stops with :meth:`_halt`, handles
+    the worker's events in ``_on_event`` and may override :meth:`_finished_text`;
+    the outcome (``self._outcome``) is emitted by ``run_finished``.
     """
 
-    _what = "results"
+    def __init__(self, napari_viewer):
+        super().__init__()
+        self.viewer = unwrap_viewer(napari_viewer)
+        self.session = get_session(napari_viewer)
+        self._worker = None
+        self._outcome = "finished"
 
     @property
     def running(self) -> bool:
         return self._worker is not None
+
+    def _job_controls(self, go: str, halt: str) -> None:
+        """The start/stop buttons, progress bar and status line of a job-running widget."""
+        self.go_btn, self.halt_btn = QPushButton(go), QPushButton(halt)
+        self.halt_btn.setEnabled(False)
+        self.bar = QProgressBar()
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0)
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+
+    def _place_job_controls(self, lay) -> None:
+        row = QHBoxLayout()
+        row.addWidget(self.go_btn)
+        row.addWidget(self.halt_btn)
+        lay.addLayout(row)
+        lay.addWidget(self.bar)
+        lay.addWidget(self.status)
+
+    def _run_job(self, worker, status: str) -> None:
+        self._worker = worker
+        worker.yielded.connect(self._on_event)
+        worker.finished.connect(self._job_finished)
+        self.go_btn.setEnabled(False)
+        self.halt_btn.setEnabled(True)
+        self.bar.setRange(0, 0)
+        self.status.setText(status)
+        worker.start()
+
+    def _halt(self, flag: threading.Event, text: str) -> None:
+        """Ask the running job to stop at its next step (``flag`` is what it checks)."""
+        if self.running:
+            flag.set()
+            self.halt_btn.setEnabled(False)
+            self.status.setText(text)
+
+    def _finished_text(self) -> str | None:
+        return None
+
+    def _job_finished(self) -> None:
+        self._worker = None
+        self.go_btn.setEnabled(True)
+        self.halt_btn.setEnabled(False)
+        self.bar.setRange(0, 1)
+        self.bar.setValue(0 if self._outcome in ("error", "cancelled") else 1)
+        text = self._finished_text()
+        if text:
+            self.status.setText(text)
+        self.run_finished.emit(self._outcome)
+
+
+class EvaluationJob:
+    """Mixin for panels fed by the shared per-prediction evaluation (``_analysis``).
+
+    The host is a :class:`FlagWidget` that calls :meth:`_init_evaluation` and
+    defines ``compute()`` and ``_show(key, ev)``; ``_what`` names the result in
+    messages.  A failed prediction is remembered so it is not retried on every
+    gene switch.
+    """
+
+    _what = "results"
+
+    def _init_evaluation(self) -> None:
+        self._failed: set[str] = set()
+        self.title = QLabel("Run Predict on a slide first.")
+        self.title.setWordWrap(True)
 
     def _start_evaluation(self, key: str) -> None:
         ev = _analysis.cached(self.session, key)

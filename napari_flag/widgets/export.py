@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 from magicgui.widgets import Container, FileEdit, LineEdit
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-from ._common import get_session, may_write, report_errors, show_error, unwrap_viewer
+from ._common import FlagWidget, may_write, report_errors, show_error
 
 
 def write_csv(adata, path: Path, layer: str | None = None) -> Path:
@@ -31,15 +31,13 @@ def write_csv(adata, path: Path, layer: str | None = None) -> Path:
     return path
 
 
-class ExportWidget(QWidget):
+class ExportWidget(FlagWidget):
     """Save the current prediction (.h5ad, CSV) or a PNG of the side-by-side view."""
 
     saved = Signal(list)
 
     def __init__(self, napari_viewer):
-        super().__init__()
-        self.viewer = unwrap_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
+        super().__init__(napari_viewer)
         self.form = Container(
             widgets=[
                 FileEdit(name="folder", label="folder", mode="d", value=str(Path.home())),

@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import layers as L
-from ._common import get_session, prediction_keys, prediction_labels, prediction_layers, report_errors, unwrap_viewer
+from ._common import FlagWidget, prediction_keys, prediction_labels, prediction_layers, report_errors
 from ._grid import arrange_side_by_side, grid_model, leave_side_by_side
 
 
@@ -178,13 +178,11 @@ class GenePicker(QWidget):
             self.picked.emit(text)
 
 
-class GeneMapsWidget(QWidget):
+class GeneMapsWidget(FlagWidget):
     """Searchable gene picker, side-by-side toggle and a shared colour legend."""
 
     def __init__(self, napari_viewer):
-        super().__init__()
-        self.viewer = unwrap_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
+        super().__init__(napari_viewer)
 
         self.pred_combo = QComboBox()
         self.pred_combo.setToolTip("Which prediction to show")

@@ -17,11 +17,10 @@ from qtpy.QtWidgets import (
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
-    QWidget,
 )
 
 from . import _analysis
-from ._common import EvaluationJob, get_session, report_errors, unwrap_viewer
+from ._common import EvaluationJob, FlagWidget, report_errors
 
 SUMMARY_ROWS = [
     ("PCC", "mean Pearson r over genes"),
@@ -89,7 +88,7 @@ def select_gene_row(t: QTableWidget, gene: str) -> None:
             return
 
 
-class MetricsWidget(EvaluationJob, QWidget):
+class MetricsWidget(EvaluationJob, FlagWidget):
     """Slide metrics of the current prediction and a per-gene PCC table."""
 
     _what = "metrics"
@@ -97,14 +96,8 @@ class MetricsWidget(EvaluationJob, QWidget):
     computed = Signal(str)
 
     def __init__(self, napari_viewer):
-        super().__init__()
-        self.viewer = unwrap_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
-        self._worker = None
-        self._failed: set[str] = set()
-
-        self.title = QLabel("Run Predict on a slide with measured expression.")
-        self.title.setWordWrap(True)
+        super().__init__(napari_viewer)
+        self._init_evaluation()
         self.summary = QTableWidget(len(SUMMARY_ROWS), 2)
         self.summary.setHorizontalHeaderLabels(["metric", "value"])
         self.summary.verticalHeader().setVisible(False)

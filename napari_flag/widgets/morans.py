@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import numpy as np
 from qtpy.QtCore import Signal
-from qtpy.QtWidgets import QCheckBox, QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QCheckBox, QVBoxLayout, QWidget
 
 from .. import layers as L
 from . import _analysis
 from ._common import (
+    FlagWidget,
     EvaluationJob,
-    get_session,
     panel_map_layer,
     prediction_layers,
     recolor_panel,
     report_errors,
-    unwrap_viewer,
 )
 from ._grid import arrange_side_by_side, grid_model
 from .metrics import fill_gene_table, gene_table, select_gene_row
@@ -94,7 +93,7 @@ class MoranScatter(QWidget):
         self.picked.emit(self.genes[i])
 
 
-class MoransWidget(EvaluationJob, QWidget):
+class MoransWidget(EvaluationJob, FlagWidget):
     """Global Moran's I table + scatter, and local Moran's I layers for the chosen gene."""
 
     _what = "Moran's I"
@@ -102,14 +101,8 @@ class MoransWidget(EvaluationJob, QWidget):
     computed = Signal(str)
 
     def __init__(self, napari_viewer):
-        super().__init__()
-        self.viewer = unwrap_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
-        self._worker = None
-        self._failed: set[str] = set()
-
-        self.title = QLabel("Run Predict on a slide with measured expression.")
-        self.title.setWordWrap(True)
+        super().__init__(napari_viewer)
+        self._init_evaluation()
         self.scatter = MoranScatter()
         self.local = QCheckBox("Local Moran's I maps of the chosen gene")
         self.local.setToolTip("Per-spot Moran's I, measured and predicted, as layers (red: clustered, blue: outlier)")

@@ -15,22 +15,18 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
-    QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
-    QPushButton,
     QVBoxLayout,
-    QWidget,
 )
 
 from .. import layers as L
 from ..inference import Notice, Progress, Result, iter_predict
 from ._common import (
+    FlagWidget,
     Cancelled,
     Failed,
-    unwrap_viewer,
     flag_meta,
     get_session,
     layer_source,
@@ -96,7 +92,7 @@ def add_prediction_layers(viewer, adata, slide_meta: dict | None = None) -> str:
     return key
 
 
-class PredictWidget(QWidget):
+class PredictWidget(FlagWidget):
     """Choose slides, a checkpoint and sampler settings; Predict / Cancel."""
 
     #: (done, total, message) of the running slide's current stage
@@ -107,12 +103,8 @@ class PredictWidget(QWidget):
     run_finished = Signal(str)
 
     def __init__(self, napari_viewer):
-        super().__init__()
-        self.viewer = unwrap_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
-        self._worker = None
+        super().__init__(napari_viewer)
         self._cancel = threading.Event()
-        self._outcome = "finished"
 
         self.slides = QListWidget()
         self.slides.setMaximumHeight(110)
@@ -130,25 +122,14 @@ class PredictWidget(QWidget):
             ],
             labels=True,
         )
-        self.predict_btn = QPushButton("Predict")
-        self.cancel_btn = QPushButton("Cancel")
-        self.cancel_btn.setEnabled(False)
-        self.bar = QProgressBar()
-        self.bar.setRange(0, 1)
-        self.bar.setValue(0)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self._job_controls("Predict", "Cancel")
+        self.predict_btn, self.cancel_btn = self.go_btn, self.halt_btn
 
         lay = QVBoxLayout(self)
         lay.addWidget(QLabel("Slides"))
         lay.addWidget(self.slides)
         lay.addWidget(self.form.native)
-        row = QHBoxLayout()
-        row.addWidget(self.predict_btn)
-        row.addWidget(self.cancel_btn)
-        lay.addLayout(row)
-        lay.addWidget(self.bar)
-        lay.addWidget(self.status)
+        self._place_job_controls(lay)
         lay.addStretch(1)
 
         self.session.checkpoint_chosen.connect(self._use_checkpoint)
@@ -187,9 +168,6 @@ class PredictWidget(QWidget):
                  if self.slides.item(i).checkState() == Qt.Checked]
         return [self.viewer.layers[n] for n in names if n in self.viewer.layers]
 
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
 
     # -- run
     @report_errors
@@ -215,25 +193,15 @@ class PredictWidget(QWidget):
             jobs.append((md, sample, src))
         self._cancel.clear()
         self._outcome = "finished"
-        self._worker = run_worker(
+        show_scale_bar(self.viewer)
+        self._run_job(run_worker(
             _predict_jobs, jobs, ckpt, int(self.form.steps.value), int(self.form.samples.value),
             str(self.form.device.value), cancel=self._cancel,
-        )
-        self._worker.yielded.connect(self._on_event)
-        self._worker.finished.connect(self._on_finished)
-        self.predict_btn.setEnabled(False)
-        self.cancel_btn.setEnabled(True)
-        self.bar.setRange(0, 0)
-        self.status.setText("starting…")
-        show_scale_bar(self.viewer)
-        self._worker.start()
+        ), "starting…")
 
     def cancel(self) -> None:
         """Stop at the next step; whatever is unfinished is dropped."""
-        if self.running:
-            self._cancel.set()
-            self.cancel_btn.setEnabled(False)
-            self.status.setText("cancelling after the current step…")
+        self._halt(self._cancel, "cancelling after the current step…")
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, SlideEvent) and isinstance(ev.event, Progress):
@@ -259,12 +227,6 @@ class PredictWidget(QWidget):
         key = add_prediction_layers(self.viewer, adata, meta)
         self.prediction_added.emit(key)
 
-    def _on_finished(self) -> None:
-        self._worker = None
-        self.predict_btn.setEnabled(True)
-        self.cancel_btn.setEnabled(False)
-        self.bar.setRange(0, 1)
-        self.bar.setValue(1 if self._outcome == "finished" else 0)
-        self.status.setText({"finished": "done", "cancelled": "cancelled: nothing unfinished was added",
-                             "error": "failed (see notification)"}[self._outcome])
-        self.run_finished.emit(self._outcome)
+    def _finished_text(self) -> str:
+        return {"finished": "done", "cancelled": "cancelled: nothing unfinished was added",
+                "error": "failed (see notification)"}[self._outcome]

@@ -21,8 +21,6 @@ from qtpy.QtWidgets import (
     QLabel,
     QListWidget,
     QListWidgetItem,
-    QProgressBar,
-    QPushButton,
     QVBoxLayout,
     QWidget,
 )
@@ -31,16 +29,15 @@ from ..inference import callback_events
 from ..model import METHODS
 from ..training import TrainConfig, TrainEvent, event_callbacks, train
 from ._common import (
+    FlagWidget,
     Failed,
     flag_meta,
-    get_session,
     layer_source,
     may_write,
     report_errors,
     run_worker,
     show_error,
     slide_layers,
-    unwrap_viewer,
 )
 
 
@@ -110,7 +107,7 @@ class LossPlot(QWidget):
         self.canvas.draw_idle()
 
 
-class TrainerWidget(QWidget):
+class TrainerWidget(FlagWidget):
     """Pick slides and hyper-parameters, Train / Stop, watch the loss and checkpoints."""
 
     #: (step, losses)
@@ -120,10 +117,7 @@ class TrainerWidget(QWidget):
     run_finished = Signal(str)
 
     def __init__(self, napari_viewer):
-        super().__init__()
-        self.viewer = unwrap_viewer(napari_viewer)
-        self.session = get_session(napari_viewer)
-        self._worker = None
+        super().__init__(napari_viewer)
         self._stop = threading.Event()
         self.result: dict | None = None
 
@@ -153,13 +147,8 @@ class TrainerWidget(QWidget):
             ],
             labels=True,
         )
-        self.train_btn = QPushButton("Train")
-        self.stop_btn = QPushButton("Stop")
-        self.stop_btn.setEnabled(False)
-        self.bar = QProgressBar()
-        self.bar.setRange(0, 1)
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
+        self._job_controls("Train", "Stop")
+        self.train_btn, self.stop_btn = self.go_btn, self.halt_btn
         self.plot = LossPlot()
         self.ckpts = QListWidget()
         self.ckpts.setMaximumHeight(80)
@@ -174,12 +163,7 @@ class TrainerWidget(QWidget):
             cols.addLayout(box)
         lay.addLayout(cols)
         lay.addWidget(self.form.native)
-        row = QHBoxLayout()
-        row.addWidget(self.train_btn)
-        row.addWidget(self.stop_btn)
-        lay.addLayout(row)
-        lay.addWidget(self.bar)
-        lay.addWidget(self.status)
+        self._place_job_controls(lay)
         lay.addWidget(self.plot)
         lay.addWidget(QLabel("Checkpoints"))
         lay.addWidget(self.ckpts)
@@ -236,9 +220,6 @@ class TrainerWidget(QWidget):
             seed=int(f.seed.value), out_dir=str(f.out_dir.value),
         )
 
-    @property
-    def running(self) -> bool:
-        return self._worker is not None
 
     # -- run
     @report_errors
@@ -255,21 +236,11 @@ class TrainerWidget(QWidget):
         self.plot.reset()
         self.ckpts.clear()
         self._total = int(cfg.steps)
-        self._worker = run_worker(_train_events, cfg, self._stop)
-        self._worker.yielded.connect(self._on_event)
-        self._worker.finished.connect(self._on_finished)
-        self.train_btn.setEnabled(False)
-        self.stop_btn.setEnabled(True)
-        self.bar.setRange(0, 0)
-        self.status.setText("preparing data…")
-        self._worker.start()
+        self._run_job(run_worker(_train_events, cfg, self._stop), "preparing data…")
 
     def stop(self) -> None:
         """Finish the current step, save a checkpoint, stop."""
-        if self.running:
-            self._stop.set()
-            self.stop_btn.setEnabled(False)
-            self.status.setText("stopping after the current step…")
+        self._halt(self._stop, "stopping after the current step…")
 
     def _on_event(self, ev) -> None:
         if isinstance(ev, Failed):
@@ -314,11 +285,3 @@ class TrainerWidget(QWidget):
                 f"{r['status']} at step {r['step']} in {r['seconds']:.0f} s; "
                 f"best: {Path(r['best_path']).name if r['best_path'] else '–'}"
             )
-
-    def _on_finished(self) -> None:
-        self._worker = None
-        self.train_btn.setEnabled(True)
-        self.stop_btn.setEnabled(False)
-        self.bar.setRange(0, 1)
-        self.bar.setValue(1 if self._outcome != "error" else 0)
-        self.run_finished.emit(self._outcome)
