@@ -161,7 +161,8 @@ def layout_demo(viewer, screen=None) -> None:
     QApplication.processEvents()  # docks are sized against the final window size
     docks = [_dock(viewer, n) for n in FRONT]
     win.resizeDocks(docks, [DOCK_WIDTH] * len(docks), Qt.Orientation.Horizontal)
-    top = min(420, max(260, int(avail.height() * 0.37)))
+    want = docks[0].widget().widget().sizeHint().height() + 80  # the Predict form and its status line
+    top = min(max(want, 260), int(avail.height() * 0.45))
     win.resizeDocks(docks, [top, max(avail.height() - top, 300)], Qt.Orientation.Vertical)
     for name in FRONT:
         d = _dock(viewer, name)

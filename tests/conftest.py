@@ -18,17 +18,24 @@ os.environ.setdefault("NAPARI_FLAG_DATA_DIR", str(HER2ST))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 
+def _missing(what: str) -> None:
+    """Skip locally; fail under CI (``CI`` set), where missing data means a broken setup."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} (CI is set: the shared data must be there)")
+    pytest.skip(what)
+
+
 @pytest.fixture(scope="session")
 def her2st_dir() -> Path:
     if not HER2ST.is_dir():
-        pytest.skip(f"shared HER2ST data not found at {HER2ST}")
+        _missing(f"shared HER2ST data not found at {HER2ST}")
     return HER2ST
 
 
 @pytest.fixture(scope="session")
 def visium_dir() -> Path:
     if not VISIUM.is_dir():
-        pytest.skip(f"shared Visium fixture not found at {VISIUM}")
+        _missing(f"shared Visium fixture not found at {VISIUM}")
     return VISIUM
 
 
