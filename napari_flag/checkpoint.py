@@ -175,7 +175,6 @@ def _load_problem(exc: BaseException, path: Path) -> str | None:
     """Why ``torch.load`` refused a file, when the reason helps; ``None`` for a
     file that is simply something else (torch's own text names its internals)."""
     import pickle
-    import zipfile
 
     text = str(exc).lower()
     if isinstance(exc, pickle.UnpicklingError) and "weights only" in text and _looks_like_torch(path):
@@ -185,9 +184,7 @@ def _load_problem(exc: BaseException, path: Path) -> str | None:
         return "refused: not made of tensors and plain data only; nothing from it was run"
     if isinstance(exc, EOFError) or path.stat().st_size == 0:
         return "empty file"
-    if zipfile.is_zipfile(path) and ("central directory" in text or "zip archive" in text):
-        return "truncated or corrupt file"
-    if _looks_like_torch(path) and ("central directory" in text or "zip archive" in text):
+    if ("central directory" in text or "zip archive" in text) and _looks_like_torch(path):
         return "truncated or corrupt file"
     return None
 
