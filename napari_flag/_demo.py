@@ -24,8 +24,8 @@ DEMO_WIDGETS = (
 )
 #: the tab in front of each group
 FRONT = ("Predict expression", "Gene maps")
-#: width of the right-hand docks: room for the tab titles and the forms
-DOCK_WIDTH = 430
+#: width of the right-hand docks: room for the tab titles and the forms, less on small screens
+DOCK_WIDTH = (380, 430)
 
 
 def _innermost(exc: BaseException) -> BaseException:
@@ -160,8 +160,10 @@ def layout_demo(viewer, screen=None) -> None:
 
     QApplication.processEvents()  # docks are sized against the final window size
     docks = [_dock(viewer, n) for n in FRONT]
-    win.resizeDocks(docks, [DOCK_WIDTH] * len(docks), Qt.Orientation.Horizontal)
-    top = min(420, max(260, int(avail.height() * 0.37)))
+    width = max(DOCK_WIDTH[0], min(DOCK_WIDTH[1], int(0.24 * avail.width())))
+    win.resizeDocks(docks, [width] * len(docks), Qt.Orientation.Horizontal)
+    want = docks[0].widget().widget().sizeHint().height() + 80  # the Predict form and its status line
+    top = min(max(want, 260), int(avail.height() * 0.45))
     win.resizeDocks(docks, [top, max(avail.height() - top, 300)], Qt.Orientation.Vertical)
     for name in FRONT:
         d = _dock(viewer, name)

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 import pickle
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -175,9 +174,7 @@ def _load_problem(exc: BaseException, path: Path) -> str | None:
         return "refused: not made of tensors and plain data only; nothing from it was run"
     if isinstance(exc, EOFError) or path.stat().st_size == 0:
         return "empty file"
-    if zipfile.is_zipfile(path) and ("central directory" in text or "zip archive" in text):
-        return "truncated or corrupt file"
-    if _looks_like_torch(path) and ("central directory" in text or "zip archive" in text):
+    if ("central directory" in text or "zip archive" in text) and _looks_like_torch(path):
         return "truncated or corrupt file"
     return None
 

@@ -1,9 +1,10 @@
-"""Make docs/screenshot.png: a real HER2ST section, predicted vs measured ERBB2.
+"""Make docs/screenshot.png: the demo window as a user sees it on a 1920 x 1080 screen.
 
-Opens the section from the dataset cache, predicts it with the bundled model
-(or ``--checkpoint``), docks the widgets and shows the side-by-side view
-(predicted | measured | uncertainty, each over the H&E, linked pan/zoom, one
-colour scale).  Needs a display; headless::
+``napari-flag demo`` on HER2ST section C2, then what a user does: click
+Predict (bundled model, or ``--checkpoint``), pick a gene, tick "Side by
+side" (predicted | measured | uncertainty, each over the H&E, linked pan/zoom,
+one colour scale).  Nothing is hidden or closed for the picture.  Needs a
+display; headless::
 
     xvfb-run -a -s "-screen 0 1920x1080x24" python scripts/make_screenshot.py
 
@@ -31,35 +32,6 @@ def _quick_train(out: Path, sections, steps: int) -> Path:
     return Path(res.last_path)
 
 
-def _docked(viewer, name: str):
-    """The widget of one napari-flag dock (as added by ``run_demo``)."""
-    for title, dock in viewer.window.dock_widgets.items():
-        if title.startswith(name):
-            return dock
-    raise KeyError(name)
-
-
-def _raise_dock(widget) -> None:
-    """Bring a tabbed dock to the front (the inner widget's dock wrapper)."""
-    from qtpy.QtWidgets import QDockWidget
-
-    w = widget
-    while w is not None and not isinstance(w, QDockWidget):
-        w = w.parent()
-    if w is not None:
-        w.show()
-        w.raise_()
-
-
-def _close_toasts(viewer) -> None:
-    """Hide notification pop-ups (e.g. backend deprecation notices) before the shot."""
-    from qtpy.QtWidgets import QWidget
-
-    for wdg in viewer.window._qt_window.findChildren(QWidget):
-        if type(wdg).__name__ == "NapariQtNotification":
-            wdg.close()
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sample", default="her2st:C2")
@@ -70,10 +42,11 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="sampler steps (default: the checkpoint's)")
     ap.add_argument("--samples", type=int, default=None, help="samples per spot (default: the checkpoint's)")
     ap.add_argument("--out", default=str(REPO / "docs" / "screenshot.png"))
-    ap.add_argument("--size", default="2400x1050", help="window size WxH")
     args = ap.parse_args(argv)
 
-    import napari
+    from napari_flag._demo import docked_widget, prefer_pyqt6
+
+    prefer_pyqt6()  # as `napari-flag demo` does
     from qtpy.QtWidgets import QApplication
 
     from napari_flag._demo import run_demo
@@ -91,10 +64,7 @@ def main(argv=None) -> int:
         ckpt = str(_quick_train(out, ("C3", "C4", "C5", "C6"), args.train_steps))
     print("checkpoint:", ckpt, flush=True)
 
-    viewer = napari.Viewer(title="napari-flag", show=True)
-    w, h = (int(v) for v in args.size.split("x"))
-    viewer.window.resize(w, h)
-    run_demo(args.sample, viewer=viewer, run=False)
+    viewer = run_demo(args.sample, run=False)  # the window fills the screen
     app = QApplication.instance()
 
     def settle(n=20):
@@ -102,15 +72,15 @@ def main(argv=None) -> int:
             app.processEvents()
             time.sleep(0.05)
 
-    # predict through the Predict widget, as a user would
-    predict = _docked(viewer, "Predict expression")
+    settle()
+    predict = docked_widget(viewer, "Predict expression")
     predict.form.checkpoint.value = ckpt
     if args.steps:
         predict.form.steps.value = args.steps
     if args.samples:
         predict.form.samples.value = args.samples
     t0 = time.time()
-    predict.start()
+    predict.predict_btn.click()
     while predict.running:
         settle(1)
     print(f"predicted in {time.time() - t0:.1f} s: {predict.status.text()}", flush=True)
@@ -119,22 +89,9 @@ def main(argv=None) -> int:
         print("prediction failed", file=sys.stderr)
         return 1
     gene = args.gene if args.gene in session.genes() else session.genes()[0]
-    maps = _docked(viewer, "Gene maps")
+    maps = docked_widget(viewer, "Gene maps")
     maps.set_gene(gene)  # = clicking it in the gene list
-    maps.side.setChecked(True)
-    for lyr in viewer.layers:  # panel titles inside each viewbox
-        if lyr.metadata.get("flag_role") in ("pred", "truth", "std"):
-            lyr.name_overlay.visible = True
-    viewer.layers.selection.active = next(
-        lyr for lyr in viewer.layers if lyr.metadata.get("flag_role") == "pred")
-    _close_toasts(viewer)
-    _raise_dock(maps)
-    try:  # more room for the panels: the layer list stays, its controls go
-        viewer.window._qt_viewer.dockLayerControls.setVisible(False)
-    except AttributeError:
-        pass
-    settle(10)
-    _close_toasts(viewer)
+    maps.side.setChecked(True)  # = ticking "Side by side"
     settle(30)
     maps.colorbar.redraw()
     settle(10)

@@ -99,7 +99,7 @@ def test_layers_module_is_headless():
 
     code = (
         "import sys, napari_flag.layers\n"
-        "print(any(m.split('.')[0] in ('qtpy', 'PyQt5', 'napari', 'pandas') for m in sys.modules))"
+        "print(any(m.split('.')[0] in ('qtpy', 'PyQt5', 'PyQt6', 'napari', 'pandas') for m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"

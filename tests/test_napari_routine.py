@@ -60,6 +60,11 @@ def test_image_only_slide_predict_gene_maps_morans_metrics(make_napari_viewer, q
     gm = _dock(viewer, "Gene maps")
     gene = ad.var_names[3]
     w.session.set_gene(gene)
+    assert "no measured expression here" in gm.info.text()  # the legend is the prediction's alone
+    gm.side.setChecked(True)
+    panels = {lyr.metadata.get("panel") or lyr.metadata.get(L.ROLE) for lyr in viewer.layers if lyr.visible}
+    assert "truth" not in panels
+    gm.side.setChecked(False)
     # Moran's I on the prediction alone: a sortable table of the predicted global I
     mo = _dock(viewer, "Moran's I")
     with qtbot.waitSignal(mo.computed, timeout=120_000):

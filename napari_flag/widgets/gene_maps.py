@@ -16,6 +16,7 @@ from qtpy.QtWidgets import (
     QLabel,
     QLineEdit,
     QListWidget,
+    QSizePolicy,
     QVBoxLayout,
     QWidget,
 )
@@ -187,6 +188,8 @@ class GeneMapsWidget(FlagWidget):
         self.pred_combo = QComboBox()
         self.pred_combo.setToolTip("Which prediction to show")
         self.picker = GenePicker()
+        # the gene list takes the spare height (napari pads a dock without such a widget)
+        self.picker.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
         self.side = QCheckBox("Side by side (predicted | measured | uncertainty)")
         self.side.setToolTip("Grid view with linked pan/zoom; each panel over its own copy of the H&E")
         self.info = QLabel("Run Predict to get gene maps.")

@@ -12,6 +12,7 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QAbstractItemView,
     QHBoxLayout,
+    QHeaderView,
     QLabel,
     QPushButton,
     QTableWidget,
@@ -58,7 +59,9 @@ def gene_table(columns: list[str]) -> QTableWidget:
     t.setSelectionBehavior(QAbstractItemView.SelectRows)
     t.setSelectionMode(QAbstractItemView.SingleSelection)
     t.verticalHeader().setVisible(False)
-    t.horizontalHeader().setStretchLastSection(True)
+    hdr = t.horizontalHeader()
+    hdr.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)  # headers are never cut
+    hdr.setStretchLastSection(True)
     t.setSortingEnabled(True)
     return t
 
