@@ -407,12 +407,18 @@ def iter_predict(
     ckpt_path = _resolve_checkpoint(checkpoint)
     if not hasattr(sample, "adata"):
         yield Progress("loading sample", 0, 1)
-        sample = load_sample(sample)
+        with warnings.catch_warnings(record=True) as said:  # an image that could not be had is the error
+            warnings.simplefilter("always")
+            sample = load_sample(sample)
+        if sample.image is not None or not sample.metadata.get("image_problem"):
+            for w in said:
+                warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
         yield Progress("loading sample", 1, 1)
     if pixel_size_um is not None:
         sample = with_pixel_size(sample, pixel_size_um)
     if sample.image is None:
-        raise FlagInputError(f"{sample.source or sample.sample_id}: no H&E image; prediction needs one")
+        why = sample.metadata.get("image_problem")
+        raise FlagInputError(why or f"{sample.source or sample.sample_id}: no H&E image; prediction needs one")
 
     yield Progress("loading model", 0, 1)
     dev = resolve_device(device)

@@ -180,4 +180,6 @@ def read_her2st(dataset_id: str, image: bool = True) -> Sample:
         source=info.dataset_id,
     )
     s.metadata.update(dataset="her2st", patient=info.patient, section=info.section)
+    if files.get("image_problem"):  # why the image is missing, for whoever needs it (prediction)
+        s.metadata["image_problem"] = files["image_problem"]
     return s
