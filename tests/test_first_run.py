@@ -131,20 +131,18 @@ def test_failed_download_is_summarised(monkeypatch, tmp_path, offline_pooch):
     assert offline_pooch == [False]  # pooch's own line with the URL is silenced
 
 
-def test_missing_image_in_the_cli_is_one_note_then_one_error(monkeypatch, tmp_path, capsys, her2st_copy,
-                                                            offline_pooch):
-    """A counts-only cache: the missing H&E is a one-line note (file, variable), then the error."""
+def test_missing_image_in_the_cli_is_one_error_line(monkeypatch, tmp_path, capsys, her2st_copy, offline_pooch):
+    """A counts-only cache: prediction needs the H&E, so its absence is the one error line (file, variable)."""
     cache = her2st_copy(tmp_path / "cache", "ST-cnts/C2.tsv.gz", "ST-spotfiles/C2_selection.tsv")
     monkeypatch.setenv("NAPARI_FLAG_DATA_DIR", str(cache))
     with pytest.raises(SystemExit):
         main(["predict", "her2st:C2", "--out", str(tmp_path / "o.h5ad"), "--checkpoint", str(BUNDLED)])
     err = capsys.readouterr().err
     lines = _lines(err)
-    assert len(lines) == 2, err
-    note, error = lines
-    assert note.startswith("napari-flag: note: her2st:C2: continuing without the H&E image")
-    assert "5714_HE_BT_C2.jpg" in note and "NAPARI_FLAG_DATA_DIR" in note
-    assert error.startswith("napari-flag: error: ") and "no H&E image" in error
+    assert len(lines) == 1, err
+    (error,) = lines
+    assert error.startswith("napari-flag: error: ") and "5714_HE_BT_C2.jpg" in error
+    assert "download failed" in error and "NAPARI_FLAG_DATA_DIR" in error
     assert "http" not in err.lower() and "Traceback" not in err and "UserWarning" not in err
 
 
