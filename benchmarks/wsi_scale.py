@@ -17,8 +17,13 @@
 3. **Predict**: for each ``--runs SIZE:SPACING`` (``model``: the model's
    pitch, 200 um for the bundled model; or a pitch in um, ``--spacing-um``),
    ``napari-flag predict SLIDE --out OUT.h5ad`` runs as a child process with
-   an empty feature cache; its wall time (open to written output) and its own
-   peak RSS (``os.wait4`` rusage of that child only) are recorded.
+   an empty feature cache; its wall time (open to written output) and peak
+   RSS (``os.wait4`` rusage of that child) are recorded.  Linux carries the
+   parent's high-water mark into a child at ``exec``, so ``peak_rss_mb`` is
+   the larger of the child's peak and this process's peak before the spawn
+   (about 1 GB after building and probing): an upper bound of the child's.
+   ``own_peak_rss_mb`` is the child's own (``VmHWM`` as it exits, after the
+   output is written); the child runs the CLI's ``main`` for that.
 
 The model is the bundled one unless ``--checkpoint`` says otherwise.
 """
@@ -169,6 +174,42 @@ def probe(path: Path, checkpoint: str | None, n_spots: int, spacing_um: float | 
     }
 
 
+_TISSUE = """
+import sys
+from napari_flag.data import load_sample
+from napari_flag.data.tissue import detect_tissue
+
+def hwm():  # this process's own high-water mark (ru_maxrss would carry the parent's across exec)
+    return next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 1024
+
+s = load_sample(sys.argv[1])
+before = hwm()
+t = detect_tissue(s.image, s.pixel_size_um, source=sys.argv[1])
+print(before, hwm(), t.fraction, t.level)
+"""
+
+
+def tissue_peak(path: Path) -> dict:
+    """Peak RSS (VmHWM) of tissue detection alone, in a fresh process: after opening the slide, after detecting."""
+    out = subprocess.run([sys.executable, "-c", _TISSUE, str(path)], capture_output=True, text=True, check=True)
+    opened, detected, fraction, level = out.stdout.split()
+    return {"opened_peak_rss_mb": float(opened), "tissue_peak_rss_mb": float(detected),
+            "tissue_fraction": float(fraction), "level": int(level)}
+
+
+#: ``napari-flag predict`` (its ``main``), then the process's own high-water mark (VmHWM) into $WSI_SCALE_HWM
+_CLI = """
+import os, sys
+from napari_flag.cli import main
+try:
+    rc = main(sys.argv[1:])
+finally:
+    hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 1024
+    open(os.environ["WSI_SCALE_HWM"], "w").write(str(hwm))
+sys.exit(rc)
+"""
+
+
 def predict(path: Path, out: Path, work: Path, checkpoint: str | None, spacing_um: float | None,
             extra: list[str], threads: int, timeout_s: float) -> dict:
     """``napari-flag predict`` as a child with an empty feature cache: wall time and its own peak RSS."""
@@ -178,15 +219,17 @@ def predict(path: Path, out: Path, work: Path, checkpoint: str | None, spacing_u
     shutil.rmtree(feat, ignore_errors=True)
     if out.exists():
         out.unlink()
-    argv = [sys.executable, "-m", "napari_flag.cli", "predict", str(path), "--out", str(out), "--device", "cpu"]
+    argv = [sys.executable, "-c", _CLI, "predict", str(path), "--out", str(out), "--device", "cpu"]
     if checkpoint:
         argv += ["--checkpoint", checkpoint]
     if spacing_um:
         argv += ["--spacing-um", f"{spacing_um:g}"]
     argv += extra
-    env = dict(os.environ, NAPARI_FLAG_FEATURE_DIR=str(feat), OMP_NUM_THREADS=str(threads),
-               MKL_NUM_THREADS=str(threads))
     log = work / f"{out.stem}.log"
+    hwm = log.with_suffix(".hwm")
+    hwm.unlink(missing_ok=True)
+    env = dict(os.environ, NAPARI_FLAG_FEATURE_DIR=str(feat), WSI_SCALE_HWM=str(hwm), OMP_NUM_THREADS=str(threads),
+               MKL_NUM_THREADS=str(threads))
     t0 = time.perf_counter()
     with open(log, "w") as fh:
         proc = subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT, env=env)
@@ -200,6 +243,7 @@ def predict(path: Path, out: Path, work: Path, checkpoint: str | None, spacing_u
     rc = os.waitstatus_to_exitcode(status)
     proc.returncode = rc
     res = {"argv": ["napari-flag", *argv[3:]], "rc": rc, "wall_s": wall, "peak_rss_mb": ru.ru_maxrss / 1024,
+           "own_peak_rss_mb": float(hwm.read_text()) if hwm.is_file() else None,
            "user_s": ru.ru_utime, "sys_s": ru.ru_stime, "log": str(log)}
     if rc == 0:
         import anndata as ad
@@ -228,6 +272,8 @@ def main(argv=None) -> int:
     ap.add_argument("--probe-spots", type=int, default=256)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--timeout-s", type=float, default=3600, help="a prediction running longer is killed")
+    ap.add_argument("--tissue-peak", action="store_true",
+                    help="also measure tissue detection alone in a fresh process (peak RSS)")
     ap.add_argument("--skip-predict", action="store_true", help="build and probe only")
     ap.add_argument("extra", nargs="*", help="more 'napari-flag predict' options, after --")
     a = ap.parse_args(argv)
@@ -248,6 +294,9 @@ def main(argv=None) -> int:
             print(f"slide: {built}", flush=True)
             built["probe"] = probe(slide, a.checkpoint, a.probe_spots, None)
             print(f"probe: {built['probe']}", flush=True)
+            if a.tissue_peak:
+                built["tissue_alone"] = tissue_peak(slide)
+                print(f"tissue alone: {built['tissue_alone']}", flush=True)
             result["slides"][str(size)] = built
         if a.skip_predict:
             continue
