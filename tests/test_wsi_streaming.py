@@ -16,7 +16,7 @@ import math
 import numpy as np
 import pytest
 
-import napari_flag.inference as inference
+from napari_flag import inference
 from napari_flag.data import load_sample
 from napari_flag.data.sample import SlideImage
 from napari_flag.features.encoders import Encoder
