@@ -35,6 +35,25 @@ def test_overview_of_an_image_without_pyramid_is_averaged_in_stripes(her2st_tile
     assert (rgb[101].astype(float) >= her2st_tile[505:509, :510:5].min()).all()
 
 
+def test_overview_stripes_cost_about_one_stripe_of_memory(her2st_tile, monkeypatch):
+    """On a whole-slide level without a pyramid the stripes are what memory holds: a float copy of
+    each (4x its bytes, twice with the white padding) would cost a 40,000 px slide half a gigabyte."""
+    import tracemalloc
+
+    import napari_flag.data.overview as ov
+
+    stripe = 1 << 20
+    monkeypatch.setattr(ov, "_STRIPE_BYTES", stripe)
+    img = SlideImage([np.tile(her2st_tile, (3, 3, 1))[:1530, :1522]])  # edges need white padding
+    tracemalloc.start()
+    try:
+        rgb, f = read_overview(img, None, max_px=300 * 300)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f > 1 and peak <= rgb.nbytes + 2 * stripe
+
+
 @pytest.mark.parametrize("section", ["C2", "C5"])  # white and pink-tinted background
 def test_tissue_on_her2st_sections(her2st_slide, guarded, section):
     _, m = her2st_slide(section, 4)

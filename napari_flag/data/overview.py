@@ -86,11 +86,12 @@ def read_overview(
     rows_per = max(1, _STRIPE_BYTES // max(1, w * 3 * k)) * k
     for y0 in range(0, h, rows_per):
         y1 = min(h, y0 + rows_per)
-        block = _as_rgb8(arr[y0:y1, :]).astype(np.float32)
+        block = _as_rgb8(arr[y0:y1, :])
         bh = math.ceil((y1 - y0) / k) * k
         pad = ((0, bh - (y1 - y0)), (0, ow * k - w), (0, 0))
         if any(p[1] for p in pad):
-            block = np.pad(block, pad, constant_values=255.0)
-        red = block.reshape(bh // k, k, ow, k, 3).mean(axis=(1, 3))
+            block = np.pad(block, pad, constant_values=255)
+        # summed as float32 inside the reduction: a float copy of the stripe would be 4x its bytes
+        red = block.reshape(bh // k, k, ow, k, 3).mean(axis=(1, 3), dtype=np.float32)
         out[y0 // k : y0 // k + red.shape[0]] = np.clip(np.rint(red), 0, 255).astype(np.uint8)
     return out, f
