@@ -68,9 +68,9 @@ class FlagConfig:
     # Heun at 8 steps (15 calls), 1 call per step (benchmarks/sampler_nfe.py).
     sample_solver: str = "dpm2m"  # "dpm2m" (1 call/step) | "heun" (2 steps - 1 calls) | "euler"
     sample_steps: int = 4
-    # 2 samples x 4 steps = 8 network calls per spot; the mean imitates an
-    # 8-sample mean (sample_mean="blend", see sample_expression), so the
-    # prediction keeps the 32-call default's quality at a quarter of the cost.
+    # 2 samples x 4 steps, the call at sigma_min skipped: 6 network calls per
+    # spot; the mean imitates an 8-sample mean (sample_mean="blend", see
+    # sample_expression), keeping the 32-call default's quality.
     sample_count: int = 2
     # "blend": the posterior-mean estimate every sample's first call gives for
     # free, plus sqrt(count / mean_like) of the samples' deviation from it;
