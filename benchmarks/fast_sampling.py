@@ -74,7 +74,10 @@ def main(argv=None) -> int:
     spots = int(ad.read_h5ad(tmp / "default.h5ad").n_obs)
     info = {k: ad.read_h5ad(tmp / f"{k}.h5ad").uns["flag"] for k in settings}
     best = {k: min(v) for k, v in times.items()}
-    nfe = {"default": cfg.sample_steps * cfg.sample_count if cfg.sample_solver == "dpm2m" else None,
+    from napari_flag.model import EDM
+
+    blend = getattr(cfg, "sample_mean", "samples") == "blend" and cfg.sample_count < cfg.sample_mean_like
+    nfe = {"default": EDM.nfe(cfg.sample_steps, cfg.sample_solver, final_call=not blend) * cfg.sample_count,
            "steps4_samples8": 32}
     result = {
         "image": str(image), "spots": spots, "spacing_um": a.spacing_um, "checkpoint": ckpt,

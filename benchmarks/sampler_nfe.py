@@ -108,9 +108,9 @@ def main(argv=None) -> int:
         print(f"{solver:5s} steps={st:3d} samples={ns} {rows[-1]['mean_rule']:7s} nfe={n:4d} {dt:6.2f}s  "
               + " ".join(f"{k}={m[k]:.3f}" for k in ("PCC", "MSE", "GSC", "GSC-CCC", "SSC")), flush=True)
 
-    ref_solver = "heun" if "heun" in a.solvers else a.solvers[0]
-    ref = max((r for r in rows if r["solver"] == ref_solver and r["mean_rule"] == "samples"),
-              key=lambda r: (r["steps"], r["samples"]))
+    plain = [r for r in rows if r["mean_rule"] == "samples"]
+    ref_solver = "heun" if any(r["solver"] == "heun" for r in plain) else plain[0]["solver"]
+    ref = max((r for r in plain if r["solver"] == ref_solver), key=lambda r: (r["steps"], r["samples"]))
     result = {
         "section": a.section, "checkpoint": str(a.checkpoint), "tol": a.tol,
         "temperature": float(getattr(getattr(model, "cfg", None), "sample_temperature", 1.0)),
