@@ -87,6 +87,7 @@ def main(argv=None) -> int:
                      "steps": int(info[k]["steps"]), "samples": int(info[k]["samples"])} for k in settings},
         "warmup_s": warm,
         "speedup_best": best["steps4_samples8"] / best["default"],
+        "speedup_per_pair": [o / n for o, n in zip(times["steps4_samples8"], times["default"])],
         "command": command(argv), "machine": machine(f"{a.threads} threads (OMP_NUM_THREADS)"),
     }
     write_json(result, a.out)
