@@ -20,8 +20,9 @@ def machine(extra: str) -> str:
 
     import napari_flag
 
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (f"{platform.platform()}; {os.cpu_count()} CPU cores; torch {torch.__version__}; "
-            f"napari-flag {napari_flag.__version__}; {extra}")
+            f"napari-flag {napari_flag.__version__}; {extra}; 1-min load average {load:.1f} at the end")
 
 
 def write_json(result: dict, out: str | Path) -> Path:

@@ -11,7 +11,9 @@ reference: Heun with the most steps and samples (100 steps, 8 samples).
 is better for all three), so a setting that keeps *more* spatial structure
 than the reference is not ruled out for it.
 
-``--rescore`` re-applies both rules (and redraws the PNG) to the rows of an
+``--settings solver:steps:samples[:mean]`` runs only those settings (mean
+``samples`` or ``blend``: see ``sample_expression``); ``default`` is the
+model's own sampler.  ``--rescore`` re-applies both rules (and redraws the PNG) to the rows of an
 existing JSON without predicting again.  Writes
 ``benchmarks/results/sampler_nfe.json`` and a PNG of the curves.
 """
@@ -28,10 +30,10 @@ STEPS = [1, 2, 4, 8, 16, 32, 100]
 SAMPLES = [1, 4, 8]
 
 
-def nfe(solver: str, steps: int, samples: int) -> int:
+def nfe(solver: str, steps: int, samples: int, blend: bool = False) -> int:
     from napari_flag.model.diffusion import EDM
 
-    return (1 if steps == 1 else EDM.nfe(steps, solver)) * samples
+    return (1 if steps == 1 else EDM.nfe(steps, solver, final_call=not blend)) * samples
 
 
 def main(argv=None) -> int:
@@ -41,6 +43,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, nargs="+", default=STEPS)
     ap.add_argument("--samples", type=int, nargs="+", default=SAMPLES)
     ap.add_argument("--solvers", nargs="+", default=["heun", "dpm2m"])
+    ap.add_argument("--settings", nargs="+", default=None, help="solver:steps:samples[:mean] or 'default'")
+    ap.add_argument("--mean-like", type=int, default=None, help="sample_mean_like of the blend (default: the model's)")
     ap.add_argument("--tol", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -76,26 +80,37 @@ def main(argv=None) -> int:
     def score(x):
         return evaluate(x, slide.truth, slide.coords, slide.array_rc, slide.grid, genes=panel.genes, seed=a.seed)
 
+    cfg = model.cfg
+    if a.mean_like is not None:
+        cfg.sample_mean_like = int(a.mean_like)
+    if a.settings:
+        grid = []
+        for spec in a.settings:
+            if spec == "default":
+                spec = f"{cfg.sample_solver}:{cfg.sample_steps}:{cfg.sample_count}:{cfg.sample_mean}"
+            solver, st, ns, *rule = spec.split(":")
+            grid.append((solver, int(st), int(ns), rule[0] if rule else "samples"))
+    else:
+        grid = [(solver, st, ns, "samples") for solver in a.solvers for st in a.steps for ns in a.samples
+                if not (solver != a.solvers[0] and st == 1)]  # one step: the same one-shot denoiser for all
     rows = []
-    for solver in a.solvers:
-        for st in a.steps:
-            if solver != a.solvers[0] and st == 1:
-                continue  # one step is the same one-shot denoiser for every solver
-            for ns in a.samples:
-                t0 = time.perf_counter()
-                pred, _, smp = predict_arrays(model, slide, panel, steps=st, samples=ns, seed=a.seed,
-                                              return_samples=True, solver=solver)
-                dt = time.perf_counter() - t0
-                m, s1 = score(pred), score(smp[0])
-                n = nfe(solver, st, ns)
-                rows.append({"solver": solver, "steps": st, "samples": ns, "nfe_per_spot": n, "seconds": dt,
-                             "mean": m, "single_sample": s1})
-                print(f"{solver:5s} steps={st:3d} samples={ns} nfe={n:4d} {dt:6.2f}s  "
-                      + " ".join(f"{k}={m[k]:.3f}" for k in ("PCC", "MSE", "GSC", "GSC-CCC", "SSC")), flush=True)
+    for solver, st, ns, rule in grid:
+        t0 = time.perf_counter()
+        pred, _, smp = predict_arrays(model, slide, panel, steps=st, samples=ns, seed=a.seed,
+                                      return_samples=True, keep_samples=1, solver=solver, mean=rule)
+        dt = time.perf_counter() - t0
+        m, s1 = score(pred), score(smp[0])
+        blend = rule == "blend" and ns < cfg.sample_mean_like
+        n = nfe(solver, st, ns, blend)
+        rows.append({"solver": solver, "steps": st, "samples": ns, "mean_rule": rule if blend else "samples",
+                     "mean_like": cfg.sample_mean_like if blend else ns, "nfe_per_spot": n, "seconds": dt,
+                     "mean": m, "single_sample": s1})
+        print(f"{solver:5s} steps={st:3d} samples={ns} {rows[-1]['mean_rule']:7s} nfe={n:4d} {dt:6.2f}s  "
+              + " ".join(f"{k}={m[k]:.3f}" for k in ("PCC", "MSE", "GSC", "GSC-CCC", "SSC")), flush=True)
 
-    ref_solver = "heun" if "heun" in a.solvers else a.solvers[0]
-    ref = next(r for r in rows if r["solver"] == ref_solver and r["steps"] == max(a.steps)
-               and r["samples"] == max(a.samples))
+    plain = [r for r in rows if r["mean_rule"] == "samples"]
+    ref_solver = "heun" if any(r["solver"] == "heun" for r in plain) else plain[0]["solver"]
+    ref = max((r for r in plain if r["solver"] == ref_solver), key=lambda r: (r["steps"], r["samples"]))
     result = {
         "section": a.section, "checkpoint": str(a.checkpoint), "tol": a.tol,
         "temperature": float(getattr(getattr(model, "cfg", None), "sample_temperature", 1.0)),
@@ -111,12 +126,12 @@ def main(argv=None) -> int:
     return 0
 
 
-PICK = ("solver", "steps", "samples", "nfe_per_spot")
+PICK = ("solver", "steps", "samples", "mean_rule", "nfe_per_spot")
 RULE_KEYS = ("PCC", "GSC", "SSC")
 
 
 def _setting(r: dict) -> tuple:
-    return r["solver"], r["steps"], r["samples"]
+    return r["solver"], r["steps"], r["samples"], r.get("mean_rule", "samples")
 
 
 def choose(rows: list[dict], ref: dict, tol: float) -> dict:
@@ -125,7 +140,7 @@ def choose(rows: list[dict], ref: dict, tol: float) -> dict:
     two = [r for r in rows if all(abs(r["mean"][k] - ref["mean"][k]) <= tol for k in RULE_KEYS)]
     one = [r for r in rows if all(r["mean"][k] >= ref["mean"][k] - tol for k in RULE_KEYS)]
     cheapest = lambda rr: min(rr, key=lambda r: (r["nfe_per_spot"], r["seconds"]))  # noqa: E731
-    pick = lambda r: {**{k: r[k] for k in PICK}, "seconds": r["seconds"]}  # noqa: E731
+    pick = lambda r: {**{k: r.get(k, "samples") for k in PICK}, "seconds": r["seconds"]}  # noqa: E731
     return {"chosen": pick(cheapest(two)), "chosen_one_sided": pick(cheapest(one))}
 
 
@@ -137,13 +152,14 @@ def plot(result: dict, path: Path) -> None:
 
     keys = ("PCC", "GSC", "GSC-CCC", "SSC")
     fig, axes = plt.subplots(1, len(keys) + 1, figsize=(4 * (len(keys) + 1), 3.4))
-    groups = sorted({(r["solver"], r["samples"]) for r in result["rows"]})
-    for solver, ns in groups:
-        rr = sorted((r for r in result["rows"] if (r["solver"], r["samples"]) == (solver, ns)),
+    groups = sorted({(r["solver"], r["samples"], r.get("mean_rule", "samples")) for r in result["rows"]})
+    for solver, ns, rule in groups:
+        rr = sorted((r for r in result["rows"]
+                     if (r["solver"], r["samples"], r.get("mean_rule", "samples")) == (solver, ns, rule)),
                     key=lambda r: r["nfe_per_spot"])
         x = [r["nfe_per_spot"] for r in rr]
-        style = "o-" if solver == "heun" else "s--"
-        label = f"{solver}, {ns} sample(s)"
+        style = "*" if rule == "blend" else ("o-" if solver == "heun" else "s--")
+        label = f"{solver}, {ns} sample(s)" + (" blend" if rule == "blend" else "")
         for ax, k in zip(axes, keys):
             ax.plot(x, [r["mean"][k] for r in rr], style, label=label)
         axes[-1].plot(x, [r["seconds"] for r in rr], style, label=label)

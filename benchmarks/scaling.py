@@ -64,10 +64,13 @@ def _synthetic(ckpt: str, n: int, seed: int = 0) -> dict:
     t_graph = time.perf_counter() - t0
     with torch.no_grad():
         h = model.encode_slide(torch.from_numpy(feats), graph)
+        t_enc = time.perf_counter() - t0 - t_graph
         steps, samples = model.cfg.sample_steps, model.cfg.sample_count
         sample_expression(model, h, steps=steps, samples=samples, generator=torch.Generator().manual_seed(seed))
-    return {"seconds": time.perf_counter() - t0, "graph_s": t_graph, "spots": n, "steps": steps, "samples": samples,
-            "solver": model.cfg.sample_solver}
+    return {"seconds": time.perf_counter() - t0, "graph_s": t_graph, "encode_s": t_enc, "spots": n, "steps": steps,
+            "samples": samples, "solver": model.cfg.sample_solver,
+            "mean_rule": getattr(model.cfg, "sample_mean", "samples"),
+            "mean_like": getattr(model.cfg, "sample_mean_like", samples)}
 
 
 def child(kind: str, ckpt: str, arg: str, threads: int) -> None:
@@ -104,7 +107,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default=None, help="default: the bundled model")
     ap.add_argument("--section", default="C2")
-    ap.add_argument("--spots", type=int, nargs="+", default=[5000, 20000, 50000])
+    ap.add_argument("--spots", type=int, nargs="+", default=[5000, 20000, 50000, 100000])
     ap.add_argument("--no-train", action="store_true", help="skip the training-time row")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default="benchmarks/results/scaling.json")
@@ -135,6 +138,8 @@ def main(argv=None) -> int:
             print(p.stderr[-2000:], file=sys.stderr)
             raise SystemExit(f"{kind} {arg} failed")
         rec = {"kind": kind, "arg": arg, **json.loads(line[0][7:]), "process_s": time.perf_counter() - t0}
+        if "spots" in rec:
+            rec["s_per_1000_spots"] = 1000.0 * rec["seconds"] / rec["spots"]
         rows.append(rec)
         print(f"{kind:13s} {arg:>6s}: {rec['seconds']:7.2f} s  peak RSS {rec['peak_rss_mb']:7.0f} MB", flush=True)
     result = {

@@ -229,11 +229,12 @@ def predict_arrays(model, slide: SlideData, panel: GenePanel, steps: int | None 
                    return_samples: bool = False, **sampler) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """Target-scale ``(mean, std, samples | None)`` of a model on a prepared slide.
 
-    ``sampler`` passes solver, temperature, antithetic, ... to
+    ``sampler`` passes solver, temperature, antithetic, mean, keep_samples ... to
     :func:`~napari_flag.model.sample_expression`.  Baselines (ridge, MLP) give
     std 0 and their prediction as the one sample.
     """
     if not isinstance(model, torch.nn.Module):  # ridge / MLP baseline
+        sampler.pop("keep_samples", None)
         pred = panel.to_target(model.predict(slide.feats.cpu().numpy()))
         if progress:
             progress(1, 1)
@@ -451,7 +452,7 @@ def iter_predict(
     pred, sd, smp = yield from _staged(
         "sampling",
         lambda cb: predict_arrays(model, slide, panel, steps=steps, samples=samples, seed=seed, progress=cb,
-                                  return_samples=keep_sample and generative),
+                                  return_samples=keep_sample and generative, keep_samples=1),
     )
     out = _prediction_anndata(sample, slide, panel, pred, sd, smp)
     slides = _training_slides(meta)
@@ -461,6 +462,7 @@ def iter_predict(
         "steps": int(steps),
         "samples": int(samples),
         "solver": str(model.cfg.sample_solver) if generative else "",
+        "mean_rule": _mean_rule(model.cfg, samples) if generative else "",
         "seed": int(seed),
         "transform": panel.transform,
         "scale": SCALE_NAMES[panel.transform],
@@ -509,6 +511,13 @@ def _prediction_anndata(sample, slide: SlideData, panel: GenePanel, pred, sd, sm
         out.layers["truth"] = slide.truth
     out.obsm["spatial"] = np.asarray(sample.coords, dtype=np.float64)
     return out
+
+
+def _mean_rule(cfg, samples: int) -> str:
+    """How the recorded mean was formed (see :func:`~napari_flag.model.sample_expression`)."""
+    rule = getattr(cfg, "sample_mean", "samples")
+    like = int(getattr(cfg, "sample_mean_like", samples))
+    return f"blend of {samples} imitating {like}" if rule == "blend" and samples < like else "samples"
 
 
 def predict_sample(sample, checkpoint=None, steps: int | None = None, samples: int | None = None,

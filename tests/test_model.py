@@ -119,7 +119,7 @@ def test_sample_contract(toy):
     h = m.encode_slide(toy["feats"], toy["graph"]).detach()
     calls = []
     out = sample_expression(m, h, steps=3, samples=4, return_samples=True, progress=lambda d, t: calls.append((d, t)),
-                   generator=torch.Generator().manual_seed(1))
+                   generator=torch.Generator().manual_seed(1), mean="samples")
     assert out["mean"].shape == (S, G) and out["std"].shape == (S, G)
     assert out["samples"].shape == (4, S, G)
     assert torch.isfinite(out["samples"]).all()
@@ -140,7 +140,7 @@ def test_sample_contract(toy):
     assert not torch.allclose(a["mean"], c["mean"])
 
     # temperature scales the initial noise: at 0 every sample starts (and ends) alike
-    cold = sample_expression(m, h, steps=2, samples=3, temperature=0.0)
+    cold = sample_expression(m, h, steps=2, samples=3, temperature=0.0, mean="samples")
     assert (cold["std"] == 0).all()
     hot = sample_expression(m, h, steps=2, samples=3, temperature=1.0, generator=torch.Generator().manual_seed(7))
     assert hot["std"].mean() > 0
@@ -151,6 +151,60 @@ def test_sample_contract(toy):
     for solver, steps in (("euler", 3), ("heun", 1), ("dpm2m", 3)):
         r = sample_expression(m, h, steps=steps, samples=2, solver=solver)
         assert torch.isfinite(r["mean"]).all()
+
+
+def test_blend_mean(toy):
+    """The 8-call default: posterior-mean estimate from the first call + scaled sample deviation."""
+    torch.manual_seed(0)
+    m = FlagModel(tiny(), G, D)
+    _train(m, toy, steps=10)
+    h = m.encode_slide(toy["feats"], toy["graph"]).detach()
+    assert (m.cfg.sample_count, m.cfg.sample_steps, m.cfg.sample_mean, m.cfg.sample_mean_like) == (2, 4, "blend", 6)
+    gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
+
+    rows = []
+    real = m.denoise
+    m.denoise = lambda x, *a, **k: rows.append(x.shape[0]) or real(x, *a, **k)
+    out = sample_expression(m, h, return_samples=True, generator=gen())
+    del m.denoise
+    assert sum(rows) == 6 * S  # 2 samples x (4 steps - the call at sigma_min) = 6 calls per spot
+    assert out["mean"].shape == (S, G) and out["std"].shape == (S, G) and out["samples"].shape == (2, S, G)
+    assert torch.isfinite(out["std"]).all() and (out["std"] > 0).all()
+
+    # the formula: mu is the one-shot denoiser of the same initial noise (steps=1)
+    mu = sample_expression(m, h, steps=1, mean="samples", generator=gen())["mean"]
+    dev = out["samples"] - mu
+    torch.testing.assert_close(out["mean"], mu + (2 / 6) ** 0.5 * dev.mean(0))
+    torch.testing.assert_close(out["std"], dev.square().mean(0).sqrt())
+    assert not torch.allclose(out["mean"], out["samples"].mean(0))
+
+    # one sample kept when asked; seeded -> identical; chunking changes nothing
+    one = sample_expression(m, h, return_samples=True, keep_samples=1, generator=gen(), chunk_rows=10)
+    assert one["samples"].shape == (1, S, G)
+    for k in ("mean", "std"):
+        torch.testing.assert_close(one[k], out[k])
+    torch.testing.assert_close(one["samples"][0], out["samples"][0])
+    other = sample_expression(m, h, generator=torch.Generator().manual_seed(6))
+    assert not torch.allclose(other["mean"], out["mean"])
+
+    # the skipped last call (at sigma_min) barely moves a sample; the plain mean makes it
+    rows.clear()
+    m.denoise = lambda x, *a, **k: rows.append(x.shape[0]) or real(x, *a, **k)
+    plain = sample_expression(m, h, mean="samples", return_samples=True, generator=gen())
+    del m.denoise
+    assert sum(rows) == 8 * S
+    gap = (plain["samples"] - out["samples"]).abs().max()
+    assert 0 < gap < 0.1, gap
+    assert EDM.nfe(4, "dpm2m", final_call=False) == 3 and EDM.nfe(1, "dpm2m", final_call=False) == 1
+
+    # as many samples as it imitates -> the plain mean; one sample -> zero std
+    full = sample_expression(m, h, samples=8, return_samples=True, generator=gen())
+    torch.testing.assert_close(full["mean"], full["samples"].mean(0))
+    assert (sample_expression(m, h, samples=1)["std"] == 0).all()
+    with pytest.raises(ValueError):
+        sample_expression(m, h, mean="median")
+    with pytest.raises(ValueError):
+        FlagConfig(sample_mean="median")
 
 
 def test_sample_clipping(toy):
@@ -391,3 +445,17 @@ def test_real_data_smoke(her2st_dir):
         assert torch.isfinite(out["loss"])
     res = sample_expression(m, m.encode_slide(feats, graph).detach(), steps=2, samples=2)
     assert res["mean"].shape == (n, 50) and torch.isfinite(res["mean"]).all()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_blend_on_cuda(toy):
+    """The fast sampler keeps tensors and generators on the model's device."""
+    torch.manual_seed(0)
+    m = FlagModel(tiny(), G, D).cuda()
+    h = m.encode_slide(toy["feats"].cuda(), toy["graph"]).detach()
+    gen = lambda: torch.Generator(device="cuda").manual_seed(1)  # noqa: E731
+    a = sample_expression(m, h, return_samples=True, keep_samples=1, generator=gen())
+    b = sample_expression(m, h, return_samples=True, keep_samples=1, generator=gen(), chunk_rows=10)
+    assert a["mean"].is_cuda and a["samples"].shape == (1, S, G)
+    torch.testing.assert_close(a["mean"], b["mean"])
+    assert (a["std"] > 0).all()

@@ -65,11 +65,19 @@ class FlagConfig:
 
     # --- sampler defaults --------------------------------------------------
     # DPM-Solver++(2M) at 4 steps lands as close to a 64-step Heun solution as
-    # Heun at 8 steps (15 calls), so 8 samples fit in 32 network calls per spot
-    # (benchmarks/sampler_nfe.py).
+    # Heun at 8 steps (15 calls), 1 call per step (benchmarks/sampler_nfe.py).
     sample_solver: str = "dpm2m"  # "dpm2m" (1 call/step) | "heun" (2 steps - 1 calls) | "euler"
     sample_steps: int = 4
-    sample_count: int = 8  # samples per spot (mean and std are taken over them): 32 NFE/spot
+    # 2 samples x 4 steps, the call at sigma_min skipped: 6 network calls per
+    # spot; the mean imitates a 6-sample mean (sample_mean="blend", see
+    # sample_expression): of 2..16, the one closest to the previous 32-call
+    # default (8 samples) on training sections (benchmarks/blend_validation.py).
+    sample_count: int = 2
+    # "blend": the posterior-mean estimate every sample's first call gives for
+    # free, plus sqrt(count / mean_like) of the samples' deviation from it;
+    # "samples": the plain mean of the samples.  Equal when count >= mean_like.
+    sample_mean: str = "blend"
+    sample_mean_like: int = 6
     # Scale of the initial noise (1 = the model's distribution).  Below 1 the ODE
     # starts nearer the conditional mean: less sample noise in the averaged
     # prediction, with the correlated structure of a sample kept.
@@ -92,6 +100,8 @@ class FlagConfig:
             raise ValueError(f"graph_kind must be one of {_GRAPH_KINDS}, got {self.graph_kind!r}")
         if self.sample_solver not in SOLVERS:
             raise ValueError(f"sample_solver must be one of {SOLVERS}, got {self.sample_solver!r}")
+        if self.sample_mean not in ("samples", "blend"):
+            raise ValueError(f"sample_mean must be 'samples' or 'blend', got {self.sample_mean!r}")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} not divisible by heads {self.heads}")
         if self.feat_dim_proj % self.graph_heads:

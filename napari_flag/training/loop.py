@@ -233,7 +233,7 @@ def _better(a: float, b: float | None, metric: str) -> bool:
 
 # FlagConfig keys that only change sampling (prediction, validation), not what is trained.
 SAMPLER_KEYS = ("sample_solver", "sample_steps", "sample_count", "sample_temperature", "sample_antithetic",
-                "guidance")
+                "sample_mean", "sample_mean_like", "guidance")
 # Keys older checkpoints carry that no longer describe the network.
 _LEGACY_KEYS = ("align_dim",)
 

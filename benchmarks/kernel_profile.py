@@ -1,0 +1,121 @@
+"""Forward-pass efficiency: achieved GFLOP/s of the DiT next to the machine's large-matmul GFLOP/s.
+
+    python benchmarks/kernel_profile.py --threads 2
+
+FLOPs are counted analytically from the config (multiply-add = 2 FLOP),
+per (spot, sample) row and network evaluation:
+
+* per block and token: qkv ``2*W*3W``, attention output ``2*W*W``, MLP
+  ``2*2*W*H`` (H = mlp_ratio * W); per block and row: scores ``2*G*G*W`` and
+  weighted values ``2*G*G*W`` (all heads together);
+* value embedding ``2*(2F+1)*W`` and final projection ``2*W`` per token;
+* per row: noise MLP, condition MLP and the adaLN modulations.
+
+Elementwise work (norms, softmax, activations) is not counted, so the figure
+is a lower bound on work done.  The same run times ``torch.matmul`` of two
+square float32 matrices (``--matmul-n``) as the machine's reference, and
+profiles one chunk of the default sampler by operator.  Writes
+``benchmarks/results/kernel_profile.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+from _result import command, machine, write_json
+
+
+def forward_flops(cfg, n_genes: int) -> dict:
+    w, g = cfg.width, n_genes
+    hid = int(w * cfg.mlp_ratio)
+    tok_block = 2 * w * 3 * w + 2 * w * w + 2 * 2 * w * hid
+    attn_block = 2 * 2 * g * g * w
+    per_row = {
+        "linear_tokens": cfg.depth * g * tok_block + g * (2 * (2 * cfg.value_fourier + 1) * w + 2 * w),
+        "attention": cfg.depth * attn_block,
+        "per_row": 2 * (64 * w + w * w) + 2 * (cfg.cond_dim * w + w * w) + cfg.depth * 2 * w * 6 * w + 2 * w * 2 * w,
+    }
+    per_row["total"] = sum(per_row.values())
+    return per_row
+
+
+def best_of(fn, reps: int) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--checkpoint", default=None, help="default: the bundled model")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--rows", type=int, nargs="+", default=[256], help="rows (spot x sample) per forward")
+    ap.add_argument("--matmul-n", type=int, default=2048)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--out", default="benchmarks/results/kernel_profile.json")
+    a = ap.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+    from napari_flag.checkpoint import default_checkpoint_path, load_model
+
+    ckpt = str(a.checkpoint or default_checkpoint_path())
+    model, _ = load_model(ckpt, "cpu")
+    model.eval()
+    n = a.matmul_n
+    x, y = torch.randn(n, n), torch.randn(n, n)
+    t_mm = best_of(lambda: torch.matmul(x, y), a.reps)
+    mm_gflops = 2 * n**3 / t_mm / 1e9
+
+    flops = forward_flops(model.cfg, model.n_genes)
+    rows = []
+    gen = torch.Generator().manual_seed(0)
+    for b in a.rows:
+        xs = torch.randn(b, model.n_genes, generator=gen)
+        sig = torch.full((b, 1), 2.0)
+        h = torch.randn(b, model.cfg.cond_dim, generator=gen)
+        with torch.no_grad():
+            t = best_of(lambda: model.denoise(xs, sig, h), a.reps)
+        gf = flops["total"] * b / t / 1e9
+        rows.append({"rows": b, "seconds": t, "ms_per_row": 1e3 * t / b, "gflops": gf,
+                     "fraction_of_matmul": gf / mm_gflops})
+        print(f"rows={b:5d}: {1e3 * t:8.2f} ms  {gf:6.1f} GFLOP/s  ({100 * gf / mm_gflops:4.1f}% of matmul "
+              f"{mm_gflops:.0f} GFLOP/s)", flush=True)
+
+    from torch.profiler import ProfilerActivity, profile
+
+    b = a.rows[0]
+    xs = torch.randn(b, model.n_genes, generator=gen)
+    sig = torch.full((b, 1), 2.0)
+    h = torch.randn(b, model.cfg.cond_dim, generator=gen)
+    with torch.no_grad():
+        model.denoise(xs, sig, h)
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(a.reps):
+                model.denoise(xs, sig, h)
+    ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ev)
+    ops = [{"op": e.key, "self_ms_per_forward": e.self_cpu_time_total / 1e3 / a.reps,
+            "share": e.self_cpu_time_total / total} for e in ev[:15]]
+    for o in ops:
+        print(f"  {o['op']:40s} {o['self_ms_per_forward']:8.2f} ms  {100 * o['share']:5.1f}%")
+    result = {
+        "checkpoint": ckpt, "n_genes": model.n_genes,
+        "config": {k: getattr(model.cfg, k) for k in ("width", "depth", "heads", "mlp_ratio", "value_fourier")},
+        "flop_per_row": flops, "matmul": {"n": n, "seconds": t_mm, "gflops": mm_gflops},
+        "forward": rows, "profile_rows": b, "profile_top_ops": ops,
+        "torch": torch.__version__,
+        "command": command(argv), "machine": machine(f"{a.threads} threads"),
+    }
+    write_json(result, a.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
