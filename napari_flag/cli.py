@@ -150,14 +150,19 @@ def _out_name(source: str) -> str:
     return p.parent.name if name == "outs" else name
 
 
-def _cohort_outputs(slides, out_dir: Path) -> list[Path]:
-    names = [_out_name(s) for s in slides]
+def _unique(names: list[str], again: str) -> list[str]:
+    """``names`` with the k-th repeat of a name (k ≥ 2) written as ``again.format(name, k)``."""
     seen: dict[str, int] = {}
     out = []
-    for n in names:  # two slides with one name keep both outputs
+    for n in names:
         seen[n] = seen.get(n, 0) + 1
-        out.append(out_dir / (f"{n}.h5ad" if seen[n] == 1 else f"{n}_{seen[n]}.h5ad"))
+        out.append(n if seen[n] == 1 else again.format(n, seen[n]))
     return out
+
+
+def _cohort_outputs(slides, out_dir: Path) -> list[Path]:
+    # two slides with one name keep both outputs
+    return [out_dir / f"{n}.h5ad" for n in _unique([_out_name(s) for s in slides], "{}_{}")]
 
 
 def _predict_one(source, out: Path, args, device) -> Path:
@@ -373,12 +378,7 @@ def _row_names(paths) -> list[str]:
     names = [Path(p).name for p in paths]
     if len(set(names)) < len(names) and len({str(p) for p in paths}) == len(paths):
         names = [str(p) for p in paths]
-    seen: dict[str, int] = {}
-    for i, n in enumerate(names):  # the same file given twice
-        seen[n] = seen.get(n, 0) + 1
-        if seen[n] > 1:
-            names[i] = f"{n} ({seen[n]})"
-    return names
+    return _unique(names, "{} ({})")  # the same file given twice
 
 
 def _cmd_evaluate(args) -> int:

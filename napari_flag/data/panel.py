@@ -29,6 +29,7 @@ __all__ = [
     "transform_counts",
     "spot_totals",
     "SCALE_NAMES",
+    "SCALE_UNITS",
     "inverse_transform",
     "panel_matrix",
 ]
@@ -41,6 +42,8 @@ SCALE_NAMES = {
     "lognorm": "ln(1 + 10,000 x count / spot total), scanpy's normalize_total + log1p",
     "none": "raw count",
 }
+#: short axis labels of the same scales (legends, colorbars)
+SCALE_UNITS = {"log2p1": "log2(1+count)", "log1p": "ln(1+count)", "lognorm": "ln(1+count per 10k)", "none": "count"}
 #: counts per spot after library-size normalisation (scanpy's ``target_sum``)
 LOGNORM_TARGET_SUM = 1e4
 _EXCLUDE = re.compile(r"^(MT-|RPS|RPL)", re.IGNORECASE)

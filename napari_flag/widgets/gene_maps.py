@@ -22,6 +22,7 @@ from qtpy.QtWidgets import (
 )
 
 from .. import layers as L
+from ..data.panel import SCALE_UNITS
 from ._common import FlagWidget, prediction_keys, prediction_labels, prediction_layers, report_errors
 from ._grid import arrange_side_by_side, grid_model, leave_side_by_side
 
@@ -293,8 +294,7 @@ class GeneMapsWidget(FlagWidget):
         unc = lyrs["std"].metadata.get("clim") if "std" in lyrs else None
         ad = self.session.prediction
         unit = ad.uns.get("flag", {}).get("transform", "log2p1") if ad is not None else "log2p1"
-        unit = {"log2p1": "log2(1+count)", "log1p": "ln(1+count)", "lognorm": "ln(1+count per 10k)",
-                "none": "count"}.get(unit, unit)
+        unit = SCALE_UNITS.get(unit, unit)
         measured = "truth" in lyrs
         self.colorbar.set_limits(gene, expr, unc, unit, measured=measured)
         basis = "measured ∪ predicted" if measured else "predicted; no measured expression here"
