@@ -40,6 +40,18 @@ class SpatialGraph:
             self.edge_index.to(device), self.edge_attr.to(device), self.num_nodes, self.scale_um
         )
 
+    def neighbour_matrix(self) -> torch.Tensor:
+        """Sparse (S, S) row-stochastic matrix ``W``: ``(W x)_i`` is the distance-weighted
+        mean of ``x`` over spot i's neighbours (itself excluded; a spot without
+        neighbours gets a zero row).  What joint denoising aggregates at every step.
+        """
+        src, dst = self.edge_index[0], self.edge_index[1]
+        w = self.edge_attr[:, 0].to(torch.float32)
+        tot = torch.zeros(self.num_nodes, dtype=w.dtype, device=w.device).index_add_(0, dst, w)
+        w = w / tot[dst].clamp_min(1e-12)
+        return torch.sparse_coo_tensor(torch.stack([dst, src]), w, (self.num_nodes, self.num_nodes),
+                                       check_invariants=True).coalesce()
+
     def subgraph(self, nodes) -> "SpatialGraph":
         """Graph induced on ``nodes`` (relabelled 0..len-1); edges leaving it are dropped."""
         nodes = torch.as_tensor(np.asarray(nodes), dtype=torch.long)

@@ -244,6 +244,8 @@ def predict_arrays(model, slide: SlideData, panel: GenePanel, steps: int | None 
     h = model.encode_slide(slide.feats.to(dev), slide.graph.to(dev) if slide.graph is not None else None)
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     floor = torch.from_numpy(panel.floor).to(dev)
+    if getattr(model, "is_joint", False):
+        sampler.setdefault("neighbours", slide.graph.neighbour_matrix().to(dev))
     out = sample_expression(model, h, steps=steps, samples=samples, generator=gen, return_samples=return_samples,
                             progress=progress, clip_min=floor, **sampler)
     pred = panel.to_target(out["mean"].float().cpu().numpy())

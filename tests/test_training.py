@@ -255,3 +255,19 @@ def test_ddp_two_processes_gloo(prepared, tmp_path):
     ck = torch.load(out / "last.pt", weights_only=True)
     assert ck["step"] == 3
     assert not list(out.glob("*.tmp"))
+
+
+def test_joint_denoising_trains_validates_and_predicts(prepared, tmp_path):
+    """model.joint=true: the loop feeds every slide's neighbour matrix, validation and the CLI's
+    predict path sample the whole slide together, and the checkpoint says it is joint."""
+    from napari_flag.checkpoint import load_model
+    from napari_flag.inference import predict_sample
+
+    cfg = tiny_config(tmp_path, model=dict(TINY_MODEL, joint=True), steps=4, val_every=2)
+    res = train(cfg, data=prepared)
+    assert res.status == "finished" and len(res.history) == 2
+    assert all(np.isfinite(v["PCC"]) for v in res.history)
+    model, _ = load_model(res.last_path)
+    assert model.is_joint and model.cfg.joint
+    out = predict_sample("her2st:C2", checkpoint=res.last_path, device="cpu", feature_cache=str(FEATURE_DIR))
+    assert out.n_obs > 100 and np.isfinite(out.X).all() and np.isfinite(out.layers["std"]).all()

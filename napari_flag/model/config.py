@@ -42,6 +42,12 @@ class FlagConfig:
     mlp_ratio: float = 2.0
     value_fourier: int = 16  # Fourier frequencies in the embedding of a token's scalar value
     dropout: float = 0.0  # inside DiT blocks
+    # Spatially joint denoising: every token also embeds the distance-weighted
+    # mean of its gene's *noisy* value over the spot's graph neighbours at the
+    # same noise level, so all spots of a slide are denoised together (the
+    # sampler steps the whole slide at once; cost stays linear in spots).
+    # False: the graph is a condition computed once (the paper's description).
+    joint: bool = False
 
     # --- GFM alignment -----------------------------------------------------
     align_block: int = 2  # hidden states after this block (1-based) are aligned
@@ -102,6 +108,8 @@ class FlagConfig:
             raise ValueError(f"sample_solver must be one of {SOLVERS}, got {self.sample_solver!r}")
         if self.sample_mean not in ("samples", "blend"):
             raise ValueError(f"sample_mean must be 'samples' or 'blend', got {self.sample_mean!r}")
+        if self.joint and self.mode != "diffusion":
+            raise ValueError("joint denoising needs mode='diffusion'")
         if self.width % self.heads:
             raise ValueError(f"width {self.width} not divisible by heads {self.heads}")
         if self.feat_dim_proj % self.graph_heads:

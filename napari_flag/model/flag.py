@@ -130,9 +130,36 @@ class GraphLayer(nn.Module):
         self.norm2 = nn.LayerNorm(width)
         self.ffn = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
 
+        self.kind = kind
+
+    # Above this many edges, inference runs the attention per block of target
+    # spots: the per-edge queries, keys, values and messages (E x width each)
+    # are then bounded by the block instead of growing with the slide (a
+    # whole-slide graph's edges held ~25 kB per spot at once).
+    CHUNK_EDGES = 1 << 16
+    CHUNK_NODES = 4096
+
     def forward(self, x, edge_index, edge_attr):
-        x = x + self.conv(self.norm1(x), edge_index, edge_attr)
+        xn = self.norm1(x)
+        if self.kind == "transformer" and not torch.is_grad_enabled() and edge_index.shape[1] > self.CHUNK_EDGES:
+            x = x + self._conv_blocks(xn, edge_index, edge_attr)
+        else:
+            x = x + self.conv(xn, edge_index, edge_attr)
         return x + self.ffn(self.norm2(x))
+
+    def _conv_blocks(self, xn, edge_index, edge_attr):
+        """``conv`` over all spots, one block of target spots at a time (the same result)."""
+        dst = edge_index[1]
+        order = torch.argsort(dst, stable=True)
+        ei, ea, dst = edge_index[:, order], edge_attr[order], dst[order]
+        out = torch.empty_like(xn)
+        n = xn.shape[0]
+        for a in range(0, n, self.CHUNK_NODES):
+            b = min(a + self.CHUNK_NODES, n)
+            lo, hi = (int(i) for i in torch.searchsorted(dst, torch.tensor([a, b], device=dst.device)))
+            local = torch.stack([ei[0, lo:hi], ei[1, lo:hi] - a])
+            out[a:b] = self.conv((xn, xn[a:b]), local, ea[lo:hi])
+        return out
 
 
 class SlideEncoder(nn.Module):
@@ -199,6 +226,8 @@ class FlagModel(nn.Module):
         self.gene_embed = nn.Embedding(self.n_genes, w)
         nn.init.normal_(self.gene_embed.weight, std=0.5)
         self.value_embed = ValueEmbed(w, cfg.value_fourier)
+        # joint denoising: the neighbours' noisy value of each gene, embedded like its own
+        self.nbr_embed = ValueEmbed(w, cfg.value_fourier) if cfg.joint else None
         self.noise_embed = NoiseEmbed(w)
         self.cond_proj = nn.Sequential(nn.Linear(cfg.cond_dim, w), nn.SiLU(), nn.Linear(w, w))
         self.null_cond = nn.Parameter(torch.zeros(cfg.cond_dim)) if cfg.cond_dropout > 0 else None
@@ -243,7 +272,10 @@ class FlagModel(nn.Module):
                     nn.init.zeros_(m.bias)
         # adaLN-Zero: every block starts as the identity and the output at 0
         # (the D(x) = c_skip x prior in diffusion mode, the gene mean in regression).
-        for lin in [b.ada[1] for b in self.blocks] + [self.final.ada[1], self.final.out]:
+        zero = [b.ada[1] for b in self.blocks] + [self.final.ada[1], self.final.out]
+        if self.nbr_embed is not None:  # joint starts as the condition-only model
+            zero.append(self.nbr_embed.proj)
+        for lin in zero:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
 
@@ -254,6 +286,10 @@ class FlagModel(nn.Module):
     @property
     def has_graph(self) -> bool:
         return len(self.encoder.layers) > 0
+
+    @property
+    def is_joint(self) -> bool:
+        return self.nbr_embed is not None
 
     @property
     def has_align(self) -> bool:
@@ -292,10 +328,16 @@ class FlagModel(nn.Module):
         return self.encoder(f, graph if self.has_graph else None)
 
     # ------------------------------------------------------------------ trunk
-    def _trunk(self, v: torch.Tensor, c_noise: torch.Tensor, h: torch.Tensor, keep_hidden: bool = False):
-        """Raw network F: token values ``v`` (B, G), ``c_noise`` (B,), context ``h`` (B, cond)."""
+    def _trunk(self, v: torch.Tensor, c_noise: torch.Tensor, h: torch.Tensor, keep_hidden: bool = False,
+               nbr: torch.Tensor | None = None):
+        """Raw network F: token values ``v`` (B, G), ``c_noise`` (B,), context ``h`` (B, cond);
+        ``nbr`` (B, G): the neighbours' scaled noisy values (joint denoising only)."""
         c = self.noise_embed(c_noise) + self.cond_proj(h)
         x = self.gene_embed.weight[None] + self.value_embed(v)
+        if self.nbr_embed is not None:
+            if nbr is None:
+                raise ValueError("a joint-denoising model needs the neighbours' noisy values (nbr)")
+            x = x + self.nbr_embed(nbr)
         hidden = None
         for i, blk in enumerate(self.blocks):
             x = blk(x, c)
@@ -309,17 +351,24 @@ class FlagModel(nn.Module):
         drop = torch.rand(h.shape[0], 1, generator=generator, device=_dev(generator, h)).to(h.device)
         return torch.where(drop < self.cfg.cond_dropout, self.null_cond.expand_as(h), h)
 
-    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, h: torch.Tensor, guidance: float = 1.0):
-        """EDM denoiser D(x; sigma | h) with ``sigma`` (B, 1); optional classifier-free guidance."""
+    def denoise(self, x: torch.Tensor, sigma: torch.Tensor, h: torch.Tensor, guidance: float = 1.0,
+                nbr: torch.Tensor | None = None):
+        """EDM denoiser D(x; sigma | h) with ``sigma`` (B, 1); optional classifier-free guidance.
+
+        ``nbr`` (B, G), joint denoising only: ``W x`` at the same ``sigma``, the
+        graph-neighbour mean of the noisy values (scaled by ``c_in`` like ``x``).
+        """
         c_skip, c_out, c_in, c_noise = self.edm.precond(sigma)
+        nb = None if nbr is None else c_in * nbr
         if guidance != 1.0 and self.null_cond is not None:
             n = x.shape[0]
             out, _ = self._trunk(
-                (c_in * x).repeat(2, 1), c_noise[:, 0].repeat(2), torch.cat([h, self.null_cond.expand_as(h)])
+                (c_in * x).repeat(2, 1), c_noise[:, 0].repeat(2), torch.cat([h, self.null_cond.expand_as(h)]),
+                nbr=None if nb is None else nb.repeat(2, 1),
             )
             out = out[n:] + guidance * (out[:n] - out[n:])
         else:
-            out, _ = self._trunk(c_in * x, c_noise[:, 0], h)
+            out, _ = self._trunk(c_in * x, c_noise[:, 0], h, nbr=nb)
         return c_skip * x + c_out * out
 
     def predict_regression(self, h: torch.Tensor) -> torch.Tensor:
@@ -330,8 +379,15 @@ class FlagModel(nn.Module):
         return self._trunk(v, c_noise, h)[0]
 
     # ------------------------------------------------------------------- loss
-    def loss(self, x0: torch.Tensor, h: torch.Tensor, generator=None) -> dict[str, torch.Tensor]:
+    def loss(self, x0: torch.Tensor, h: torch.Tensor, generator=None, neighbours=None) -> dict[str, torch.Tensor]:
         """Training loss on standardised targets ``x0`` (B, G) with contexts ``h`` (B, cond_dim).
+
+        ``neighbours`` (joint denoising only): ``(W, x0_all, idx)`` with the
+        slide's sparse (S, S) :meth:`~napari_flag.graph.SpatialGraph.neighbour_matrix`,
+        its targets (S, G) and the batch's rows ``idx`` (B,) (None: all).  The
+        whole slide is noised with one noise field and every batch spot's
+        neighbours at that spot's noise level, as in sampling, where all spots
+        share each step's sigma.
 
         Returns ``loss = denoise + lambda_align * align``; ``align`` is 0 when
         alignment is off or no prior table was given.
@@ -346,9 +402,22 @@ class FlagModel(nn.Module):
             denoise = F.mse_loss(out, x0)
         else:
             sigma = self.edm.sample_sigma(b, generator, x0.device)[:, None]
-            noise = torch.randn(x0.shape, generator=generator, device=_dev(generator, x0)).to(x0.device)
+            nbr = None
+            if self.is_joint:
+                if neighbours is None:
+                    raise ValueError("a joint-denoising model trains on whole slides: pass neighbours=(W, x0_all, idx)")
+                w, x_all, idx = neighbours
+                x_all = x_all.to(x0.device, torch.float32)
+                eps = torch.randn(x_all.shape, generator=generator, device=_dev(generator, x0)).to(x0.device)
+                wx, we = torch.sparse.mm(w, x_all), torch.sparse.mm(w, eps)
+                if idx is not None:
+                    eps, wx, we = eps[idx], wx[idx], we[idx]
+                noise, nbr = eps, wx + sigma * we  # W (x0 + sigma eps): neighbours at this spot's sigma
+            else:
+                noise = torch.randn(x0.shape, generator=generator, device=_dev(generator, x0)).to(x0.device)
             x, c_in, c_noise, target = self.edm.training_target(x0, noise, sigma)
-            out, hidden = self._trunk(c_in * x, c_noise[:, 0], h, keep_hidden=self.has_align)
+            out, hidden = self._trunk(c_in * x, c_noise[:, 0], h, keep_hidden=self.has_align,
+                                      nbr=None if nbr is None else c_in * nbr)
             denoise = F.mse_loss(out, target)
         align = self._align_loss(hidden) if self.has_align else denoise.new_zeros(())
         return {"loss": denoise + self.cfg.lambda_align * align, "denoise": denoise, "align": align}

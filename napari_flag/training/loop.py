@@ -166,11 +166,11 @@ class _StepModule(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, feats, graph, x0, idx):
+    def forward(self, feats, graph, x0, idx, neighbours=None):
         h = self.model.encode_slide(feats, graph)
         if idx is not None:
             h = h[idx]
-        return self.model.loss(x0, h)
+        return self.model.loss(x0, h, neighbours=neighbours)
 
 
 @torch.no_grad()
@@ -392,6 +392,8 @@ class _Run:
         self.n_train = len(data.train)
         self.total = cfg.steps if cfg.epochs is None else cfg.epochs * math.ceil(self.n_train / self.world)
         self.slides = [s.to(self.device) for s in data.train]
+        # joint denoising reads every spot's neighbours: one sparse matrix per slide, built once
+        self.nbr_w = [s.graph.neighbour_matrix() if model.is_joint else None for s in self.slides]
         self.step_mod: nn.Module = _StepModule(model)
         if self.world > 1:
             self.step_mod = DDP(self.step_mod, device_ids=[self.device.index] if self.device.type == "cuda" else None,
@@ -411,7 +413,8 @@ class _Run:
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.model.train()
-        losses = self.step_mod(sl.feats, sl.graph, x0, idx)
+        nb = (self.nbr_w[si], sl.targets, idx) if self.model.is_joint else None
+        losses = self.step_mod(sl.feats, sl.graph, x0, idx, nb)
         self.opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
