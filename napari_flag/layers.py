@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .data.panel import SCALE_UNITS
+
 __all__ = [
     "ROLE",
     "EXPRESSION_COLORMAP",
@@ -353,12 +355,15 @@ def prediction_to_layer_data(adata, gene: str | None = None, meta: dict | None =
     sid = meta.get("sample_id") or adata.uns.get("flag", {}).get("sample_id", "slide")
     vals = {r: gene_values(adata, gene, r) for r in roles}
     shared = percentile_limits(*(vals[r] for r in roles if r != "std"))
+    transform = str(adata.uns.get("flag", {}).get("transform", "log2p1"))
+    unit = SCALE_UNITS.get(transform, transform)  # the colorbar title of figures made from these layers
     out = []
     if adata.uns.get("flag", {}).get("virtual_spots"):  # a routine H&E slide: show where the spots were laid
         out.append(virtual_spots_layer_data(adata, meta, key, str(sid)))
     for r in roles:
         clim = percentile_limits(vals[r]) if r == "std" else shared
-        m = dict(meta, **{ROLE: r, "prediction_key": key, "gene": gene, "sample_id": str(sid), "clim": clim})
+        m = dict(meta, **{ROLE: r, "prediction_key": key, "gene": gene, "sample_id": str(sid), "clim": clim,
+                          "values": unit})
         cmap = UNCERTAINTY_COLORMAP if r == "std" else EXPRESSION_COLORMAP
         out.append(
             values_layer_data(

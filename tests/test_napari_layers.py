@@ -132,6 +132,11 @@ def test_prediction_layer_data_shares_contrast():
     np.testing.assert_allclose(out[0][0], a.obsm["spatial"][:, ::-1])
     assert kw["std"]["face_colormap"] == L.UNCERTAINTY_COLORMAP
     assert L.percentile_limits(np.ones(5)) == (1.0, 2.0)  # constant values still give a range
+    # the layers say which scale their values are on (figures title their colorbars with it)
+    assert kw["pred"]["metadata"]["values"] == "log2(1+count)"
+    a.uns["flag"]["transform"] = "lognorm"
+    out = L.prediction_to_layer_data(a, "B", meta=meta, key="k")
+    assert out[0][1]["metadata"]["values"] == "ln(1+count per 10k)"
 
 
 def test_reader_h5ad_and_pyramidal_tiff(visium_dir, tmp_path):
