@@ -14,6 +14,15 @@ with the sampler settings of this command line (they do not affect training).
 No model selection touches the held-out section: every method trains for a
 fixed number of steps and the final EMA weights are evaluated.
 
+``--nested``: each fold also holds out one of its four training sections for
+validation (the one after the test section, cyclically: C2 -> C3, ..., C6 ->
+C2) and trains on the other three; the EMA weights are validated every
+``val_every`` steps (PCC of the default prediction), training stops after
+``patience`` validations without improvement, and the best validated weights
+are kept.  The sampler temperature is then chosen on the same validation
+section (the grid ``--temperatures``, maximising PCC + SSC of the default
+prediction), and only then is the test section predicted, once.
+
     python benchmarks/her2st_loso.py --out benchmarks/results/her2st.json
 
 Folds run in parallel worker processes (``--jobs``), one torch thread each.
@@ -21,6 +30,7 @@ Folds run in parallel worker processes (``--jobs``), one torch thread each.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
@@ -35,27 +45,41 @@ SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
 GENERATIVE = set(METHODS) - set(BASELINES) - {"regression"}
 
 
+def validation_section(held: str) -> str:
+    """The nested fold's validation section: the one after the test section, cyclically."""
+    return SECTIONS[(SECTIONS.index(held) + 1) % len(SECTIONS)]
+
+
 def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], out_dir: str, seed: int,
-             reuse: bool = False, temperature: float | None = None) -> dict:
+             reuse: bool = False, temperature: float | None = None, nested: bool = False,
+             temperatures: tuple[float, ...] = (0.5, 0.7, 1.0), val_every: int = 100, patience: int = 4) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from napari_flag.checkpoint import load_model
+    from napari_flag.checkpoint import load_checkpoint, load_model
     from napari_flag.inference import predict_arrays
     from napari_flag.metrics import evaluate
     from napari_flag.training import SAMPLER_KEYS, TrainConfig, prepare_data, train
 
-    train_ids = [f"her2st:{s}" for s in SECTIONS if s != held]
+    val_sec = validation_section(held) if nested else None
+    train_ids = [f"her2st:{s}" for s in SECTIONS if s not in (held, val_sec)]
+    val_ids = [f"her2st:{val_sec}"] if nested else []
     base = TrainConfig(
-        train=train_ids, val=[f"her2st:{held}"], test=[f"her2st:{held}"], steps=steps,
-        val_every=0, patience=0, seed=seed, device="cpu", log_every=100,
+        train=train_ids, val=val_ids + [f"her2st:{held}"], test=[f"her2st:{held}"], steps=steps,
+        val_every=val_every if nested else 0, patience=patience if nested else 0, seed=seed, device="cpu",
+        log_every=100,
     ).with_overrides(overrides)
-    data = prepare_data(base)  # panel + standardisation from the four training sections only
-    sl = data.val[0]
-    res: dict = {"held_out": held, "genes": data.genes, "methods": {}}
+    if nested:  # validate the default prediction (its sampler), not one sample
+        base = base.replace(val_samples=base.flag_config().sample_count, val_steps=base.flag_config().sample_steps)
+    data = prepare_data(base)  # panel + standardisation from the training sections only
+    sl = data.val[-1]
+    # the test section is prepared with the training panel but never seen by training or selection
+    data = dataclasses.replace(data, val=data.val[:-1])
+    res: dict = {"held_out": held, "validation": val_sec, "genes": data.genes, "methods": {}}
     for m in methods:
         cfg = base.replace(method=m, out_dir=str(Path(out_dir) / f"{held}_{m}"))
-        ckpt, info = Path(cfg.out_dir) / "last.pt", Path(cfg.out_dir) / "bench.json"
+        ckpt = Path(cfg.out_dir) / ("best.pt" if nested and m not in BASELINES else "last.pt")
+        info = Path(cfg.out_dir) / "bench.json"
         if reuse and ckpt.is_file() and info.is_file():
             # sampler-only re-evaluation of a finished run: same weights, same panel
             model, meta = load_model(ckpt, "cpu")
@@ -70,8 +94,15 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
             t0 = time.time()
             out = train(cfg, data=data)
             t_train, model, n_steps = time.time() - t0, out.model, out.step
-            info.write_text(json.dumps({"train_s": t_train, "steps": n_steps}))
-        if temperature is not None and hasattr(model, "cfg"):
+            if nested and m not in BASELINES:  # the best validated EMA weights, not the last
+                model, _ = load_model(out.best_path, "cpu")
+                n_steps = int(load_checkpoint(out.best_path, map_location="cpu")["step"])
+            info.write_text(json.dumps({"train_s": t_train, "steps": n_steps, "stopped_at": out.step}))
+        sel = None
+        if nested and hasattr(model, "cfg") and m not in ("regression",) and temperature is None:
+            sel = _choose_temperature(model, data.val[0], data, temperatures, seed, evaluate, predict_arrays)
+            model.cfg.sample_temperature = sel["chosen"]
+        elif temperature is not None and hasattr(model, "cfg"):
             model.cfg.sample_temperature = float(temperature)
         t0 = time.time()
         pred, _, smp = predict_arrays(model, sl, data.panel, seed=seed, return_samples=True)
@@ -82,6 +113,8 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
 
         res["methods"][m] = {"metrics": score(pred),
                              "train_s": t_train, "predict_s": t_pred, "steps": n_steps}
+        if sel is not None:
+            res["methods"][m]["temperature"] = sel
         if m in GENERATIVE and smp is not None:
             res["methods"][m + "_sample"] = {"metrics": score(smp[0]),
                                              "train_s": t_train, "predict_s": t_pred, "steps": n_steps}
@@ -98,6 +131,19 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
     return res
 
 
+def _choose_temperature(model, val_slide, data, grid, seed, evaluate, predict_arrays) -> dict:
+    """Sampler temperature maximising PCC + SSC of the default prediction on the validation section."""
+    scores = {}
+    for t in grid:
+        model.cfg.sample_temperature = float(t)
+        pred, _, _ = predict_arrays(model, val_slide, data.panel, seed=seed)
+        met = evaluate(pred, val_slide.truth, val_slide.coords, val_slide.array_rc, val_slide.grid,
+                       genes=data.genes, seed=seed)
+        scores[str(t)] = {"PCC": float(met["PCC"]), "SSC": float(met["SSC"])}
+    chosen = max(grid, key=lambda t: scores[str(t)]["PCC"] + scores[str(t)]["SSC"])
+    return {"chosen": float(chosen), "validation": scores}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/her2st.json")
@@ -109,6 +155,12 @@ def main(argv=None) -> int:
     ap.add_argument("--runs", default="runs/her2st_loso")
     ap.add_argument("--reuse", action="store_true", help="evaluate finished runs in --runs instead of retraining")
     ap.add_argument("--temperature", type=float, default=None, help="sampler temperature (default: the model's)")
+    ap.add_argument("--nested", action="store_true",
+                    help="hold out a validation section per fold: early stopping and temperature chosen on it")
+    ap.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.7, 1.0],
+                    help="--nested: temperature grid scored on the validation section")
+    ap.add_argument("--val-every", type=int, default=100, help="--nested: steps between validations")
+    ap.add_argument("--patience", type=int, default=4, help="--nested: validations without improvement")
     ap.add_argument("overrides", nargs="*", help="TrainConfig key=value overrides (model.width=64 ...)")
     a = ap.parse_args(argv)
 
@@ -116,7 +168,8 @@ def main(argv=None) -> int:
 
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=a.jobs) as ex:
-        futs = [ex.submit(run_fold, s, a.methods, a.steps, a.overrides, a.runs, a.seed, a.reuse, a.temperature)
+        futs = [ex.submit(run_fold, s, a.methods, a.steps, a.overrides, a.runs, a.seed, a.reuse, a.temperature,
+                          a.nested, tuple(a.temperatures), a.val_every, a.patience)
                 for s in a.sections]
         folds = [f.result() for f in futs]
 
@@ -142,7 +195,14 @@ def main(argv=None) -> int:
     result = {
         "methods": methods,
         "folds": [f["held_out"] for f in folds],
-        "config": {"steps": a.steps, "seed": a.seed, "temperature": a.temperature, "overrides": a.overrides, "sections": a.sections},
+        "config": {"steps": a.steps, "seed": a.seed, "temperature": a.temperature, "overrides": a.overrides,
+                   "sections": a.sections, "nested": a.nested,
+                   **({"temperatures": a.temperatures, "val_every": a.val_every, "patience": a.patience,
+                       "validation": [f["validation"] for f in folds]} if a.nested else {})},
+        "selection": [{"held_out": f["held_out"], "validation": f["validation"],
+                       **{m: {"steps": r["steps"], **({"temperature": r["temperature"]} if "temperature" in r else {})}
+                          for m, r in f["methods"].items() if not m.endswith(("_sample", "_antithetic"))}}
+                      for f in folds],
         "command": command(argv),
         "machine": machine(f"{a.jobs} folds in parallel, 1 thread each"),
         "wall_s": time.time() - t0,
