@@ -285,8 +285,6 @@ def sample_expression(
         edm = model.edm
         noise = _BlockNoise(generator, m, m // 2 if anti else 0, s, g, h.device, edm.sigma_max * tau)
         total = len(chunks) * steps
-        mean_out = torch.empty(s, g, device=h.device)
-        std = torch.zeros(s, g, device=h.device)
         if getattr(model, "is_joint", False):
             if neighbours is None:
                 raise ValueError("a joint-denoising model needs the slide's neighbour matrix (neighbours=)")
@@ -314,17 +312,10 @@ def sample_expression(
                 progress(calls[1], calls[1])
             if kept is not None:
                 kept.copy_(x[:keep])
-            if blend and first:
-                mu = clip(first[0].mean(0))
-                dev = x - mu
-                mean_out.copy_(mu + math.sqrt(m / like) * dev.mean(0))
-                if m > 1:
-                    std.copy_(dev.square().mean(0).sqrt())
-            else:
-                mean_out.copy_(x.mean(0))
-                if m > 1:
-                    std.copy_(x.std(0, unbiased=not anti))
+            mean_out, std = _summarise(x, clip(first[0].mean(0)) if blend and first else None, like, anti)
             return {"mean": mean_out, "std": std, "samples": kept if return_samples else None}
+        mean_out = torch.empty(s, g, device=h.device)
+        std = torch.zeros(s, g, device=h.device)
         for j, (a, b) in enumerate(chunks):
             n = b - a
             hh = h[a:b].repeat(m, 1)  # row r -> spot a + r % n, sample r // n
@@ -344,19 +335,22 @@ def sample_expression(
             x = clip(edm.sample(den, x, steps, solver, step_cb, final_call=not blend).view(m, n, g))
             if kept is not None:
                 kept[:, a:b] = x[:keep]
-            if blend and first:
-                mu = clip(first[0].view(m, n, g).mean(0))
-                dev = x - mu
-                mean_out[a:b] = mu + math.sqrt(m / like) * dev.mean(0)
-                if m > 1:
-                    std[a:b] = dev.square().mean(0).sqrt()
-            else:
-                mean_out[a:b] = x.mean(0)
-                if m > 1:
-                    std[a:b] = x.std(0, unbiased=not anti)
+            mu = clip(first[0].view(m, n, g).mean(0)) if blend and first else None
+            mean_out[a:b], std[a:b] = _summarise(x, mu, like, anti)
         return {"mean": mean_out, "std": std, "samples": kept if return_samples else None}
     finally:
         model.train(was_training)
+
+
+def _summarise(x: torch.Tensor, mu: torch.Tensor | None, like: int, anti: bool):
+    """``(mean, std)`` of samples ``x`` (M, n, G): the blend around the posterior-mean estimate
+    ``mu`` when given (see :func:`sample_expression`), else the samples' mean and std."""
+    m = x.shape[0]
+    if mu is not None:
+        dev = x - mu
+        std = dev.square().mean(0).sqrt() if m > 1 else torch.zeros_like(mu)
+        return mu + math.sqrt(m / like) * dev.mean(0), std
+    return x.mean(0), (x.std(0, unbiased=not anti) if m > 1 else torch.zeros_like(x[0]))
 
 
 class _BlockNoise:
