@@ -8,7 +8,8 @@ per (spot, sample) row and network evaluation:
 * per block and token: qkv ``2*W*3W``, attention output ``2*W*W``, MLP
   ``2*2*W*H`` (H = mlp_ratio * W); per block and row: scores ``2*G*G*W`` and
   weighted values ``2*G*G*W`` (all heads together);
-* value embedding ``2*(2F+1)*W`` and final projection ``2*W`` per token;
+* value embedding ``2*(2F+1)*W`` (twice with joint denoising: the neighbours' values too) and
+  final projection ``2*W`` per token;
 * per row: noise MLP, condition MLP and the adaLN modulations.
 
 Elementwise work (norms, softmax, activations) is not counted, so the figure
@@ -36,6 +37,8 @@ def forward_flops(cfg, n_genes: int) -> dict:
         "attention": cfg.depth * attn_block,
         "per_row": 2 * (64 * w + w * w) + 2 * (cfg.cond_dim * w + w * w) + cfg.depth * 2 * w * 6 * w + 2 * w * 2 * w,
     }
+    if getattr(cfg, "joint", False):  # the neighbours' values get their own embedding per token
+        per_row["neighbour_embedding"] = g * 2 * (2 * cfg.value_fourier + 1) * w
     per_row["total"] = sum(per_row.values())
     return per_row
 
@@ -80,8 +83,9 @@ def main(argv=None) -> int:
         xs = torch.randn(b, model.n_genes, generator=gen)
         sig = torch.full((b, 1), 2.0)
         h = torch.randn(b, model.cfg.cond_dim, generator=gen)
+        nb = torch.randn(b, model.n_genes, generator=gen) if model.is_joint else None
         with torch.no_grad():
-            t = best_of(lambda: model.denoise(xs, sig, h), a.reps)
+            t = best_of(lambda: model.denoise(xs, sig, h, nbr=nb), a.reps)
         gf = flops["total"] * b / t / 1e9
         rows.append({"rows": b, "seconds": t, "ms_per_row": 1e3 * t / b, "gflops": gf,
                      "fraction_of_matmul": gf / mm_gflops})
@@ -94,11 +98,12 @@ def main(argv=None) -> int:
     xs = torch.randn(b, model.n_genes, generator=gen)
     sig = torch.full((b, 1), 2.0)
     h = torch.randn(b, model.cfg.cond_dim, generator=gen)
+    nb = torch.randn(b, model.n_genes, generator=gen) if model.is_joint else None
     with torch.no_grad():
-        model.denoise(xs, sig, h)
+        model.denoise(xs, sig, h, nbr=nb)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(a.reps):
-                model.denoise(xs, sig, h)
+                model.denoise(xs, sig, h, nbr=nb)
     ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in ev)
     ops = [{"op": e.key, "self_ms_per_forward": e.self_cpu_time_total / 1e3 / a.reps,

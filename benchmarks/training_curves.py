@@ -34,6 +34,7 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
 
     import matplotlib
+    import yaml
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -45,13 +46,16 @@ def main(argv=None) -> int:
     for mi, method in enumerate(a.method):
         for log in sorted(runs.glob(f"*_{method}/train_log.jsonl")):
             sec = log.parent.name[: -len(method) - 1]
+            cfg_path = log.parent / "config.yaml"
+            val = yaml.safe_load(cfg_path.read_text()).get("val") if cfg_path.is_file() else None
+            name = f"test {sec}" + (f", val {str(val[0]).split(':')[-1]}" if val else "")
             steps, vals = read_log(log)
             if not vals:
                 continue
             found += 1
             ls = styles[mi % len(styles)]
             line, = axes[0].plot([r["step"] for r in steps], [r["denoise"] for r in steps], ls, lw=1,
-                                 label=f"{sec} {method}")
+                                 label=name if len(a.method) == 1 else f"{name} ({method})")
             col = line.get_color()
             vs = [v["step"] for v in vals]
             best = max(vals, key=lambda v: v["PCC"])
@@ -61,9 +65,9 @@ def main(argv=None) -> int:
     if not found:
         print(f"error: {runs}: no train_log.jsonl with validation records for {a.method}", file=sys.stderr)
         return 1
-    axes[0].set(title="training loss (denoising, EDM-weighted)", xlabel="step", ylabel="loss")
-    axes[1].set(title="validation PCC (default prediction)", xlabel="step", ylabel="mean PCC over genes")
-    axes[2].set(title="validation SSC (default prediction)", xlabel="step", ylabel="SSC")
+    axes[0].set(title="training loss (one logged step per log_every)", xlabel="step", ylabel="denoising loss")
+    axes[1].set(title="validation PCC (default prediction, EMA)", xlabel="step", ylabel="mean PCC over genes")
+    axes[2].set(title="validation SSC (default prediction, EMA)", xlabel="step", ylabel="SSC")
     axes[0].legend(fontsize=7, ncol=2)
     fig.suptitle("Nested LOSO (HER2ST patient C): each fold trains on 3 sections, validates on a 4th; "
                  "circle = kept (best validation PCC)", fontsize=10)
