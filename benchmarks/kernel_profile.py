@@ -15,7 +15,8 @@ per (spot, sample) row and network evaluation:
 Elementwise work (norms, softmax, activations) is not counted, so the figure
 is a lower bound on work done.  The same run times ``torch.matmul`` of two
 square float32 matrices (``--matmul-n``) as the machine's reference, and
-profiles one chunk of the default sampler by operator.  Writes
+profiles one chunk of the default sampler by operator, and times the forward
+under bf16 autocast (`bf16_autocast`: its speed against float32).  Writes
 ``benchmarks/results/kernel_profile.json``.
 """
 from __future__ import annotations
@@ -92,6 +93,19 @@ def main(argv=None) -> int:
         print(f"rows={b:5d}: {1e3 * t:8.2f} ms  {gf:6.1f} GFLOP/s  ({100 * gf / mm_gflops:4.1f}% of matmul "
               f"{mm_gflops:.0f} GFLOP/s)", flush=True)
 
+    # bf16 autocast (this CPU has AVX-512 bf16): only worth a metric check if it is faster
+    bf16 = []
+    for b in a.rows:
+        xs = torch.randn(b, model.n_genes, generator=gen)
+        sig = torch.full((b, 1), 2.0)
+        h = torch.randn(b, model.cfg.cond_dim, generator=gen)
+        nb = torch.randn(b, model.n_genes, generator=gen) if model.is_joint else None
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            t = best_of(lambda: model.denoise(xs, sig, h, nbr=nb), a.reps)
+        fp32 = next(r["seconds"] for r in rows if r["rows"] == b)
+        bf16.append({"rows": b, "seconds": t, "speedup_vs_fp32": fp32 / t})
+        print(f"rows={b:5d}: bf16 autocast {1e3 * t:8.2f} ms  ({fp32 / t:.2f}x the float32 speed)", flush=True)
+
     from torch.profiler import ProfilerActivity, profile
 
     b = a.rows[0]
@@ -114,7 +128,7 @@ def main(argv=None) -> int:
         "checkpoint": ckpt, "n_genes": model.n_genes,
         "config": {k: getattr(model.cfg, k) for k in ("width", "depth", "heads", "mlp_ratio", "value_fourier")},
         "flop_per_row": flops, "matmul": {"n": n, "seconds": t_mm, "gflops": mm_gflops},
-        "forward": rows, "profile_rows": b, "profile_top_ops": ops,
+        "forward": rows, "bf16_autocast": bf16, "profile_rows": b, "profile_top_ops": ops,
         "torch": torch.__version__,
         "command": command(argv), "machine": machine(f"{a.threads} threads"),
     }
