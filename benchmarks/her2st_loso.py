@@ -99,8 +99,8 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
                 n_steps = int(load_checkpoint(out.best_path, map_location="cpu")["step"])
             info.write_text(json.dumps({"train_s": t_train, "steps": n_steps, "stopped_at": out.step}))
         sel = None
-        if nested and hasattr(model, "cfg") and m not in ("regression",) and temperature is None:
-            sel = _choose_temperature(model, data.val[0], data, temperatures, seed, evaluate, predict_arrays)
+        if nested and hasattr(model, "cfg") and m != "regression" and temperature is None:
+            sel = _choose_temperature(model, data.val[0], data, temperatures, seed)
             model.cfg.sample_temperature = sel["chosen"]
         elif temperature is not None and hasattr(model, "cfg"):
             model.cfg.sample_temperature = float(temperature)
@@ -131,8 +131,11 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
     return res
 
 
-def _choose_temperature(model, val_slide, data, grid, seed, evaluate, predict_arrays) -> dict:
+def _choose_temperature(model, val_slide, data, grid, seed) -> dict:
     """Sampler temperature maximising PCC + SSC of the default prediction on the validation section."""
+    from napari_flag.inference import predict_arrays
+    from napari_flag.metrics import evaluate
+
     scores = {}
     for t in grid:
         model.cfg.sample_temperature = float(t)

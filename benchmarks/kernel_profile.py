@@ -78,15 +78,20 @@ def main(argv=None) -> int:
     mm_gflops = 2 * n**3 / t_mm / 1e9
 
     flops = forward_flops(model.cfg, model.n_genes)
-    rows = []
     gen = torch.Generator().manual_seed(0)
+    # one set of denoiser inputs per row count: (x, sigma, h, neighbours' values or None)
+    inputs = {b: (torch.randn(b, model.n_genes, generator=gen), torch.full((b, 1), 2.0),
+                  torch.randn(b, model.cfg.cond_dim, generator=gen),
+                  torch.randn(b, model.n_genes, generator=gen) if model.is_joint else None) for b in a.rows}
+
+    def forward(b):
+        xs, sig, h, nb = inputs[b]
+        return model.denoise(xs, sig, h, nbr=nb)
+
+    rows = []
     for b in a.rows:
-        xs = torch.randn(b, model.n_genes, generator=gen)
-        sig = torch.full((b, 1), 2.0)
-        h = torch.randn(b, model.cfg.cond_dim, generator=gen)
-        nb = torch.randn(b, model.n_genes, generator=gen) if model.is_joint else None
         with torch.no_grad():
-            t = best_of(lambda: model.denoise(xs, sig, h, nbr=nb), a.reps)
+            t = best_of(lambda: forward(b), a.reps)
         gf = flops["total"] * b / t / 1e9
         rows.append({"rows": b, "seconds": t, "ms_per_row": 1e3 * t / b, "gflops": gf,
                      "fraction_of_matmul": gf / mm_gflops})
@@ -96,12 +101,8 @@ def main(argv=None) -> int:
     # bf16 autocast (this CPU has AVX-512 bf16): only worth a metric check if it is faster
     bf16 = []
     for b in a.rows:
-        xs = torch.randn(b, model.n_genes, generator=gen)
-        sig = torch.full((b, 1), 2.0)
-        h = torch.randn(b, model.cfg.cond_dim, generator=gen)
-        nb = torch.randn(b, model.n_genes, generator=gen) if model.is_joint else None
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
-            t = best_of(lambda: model.denoise(xs, sig, h, nbr=nb), a.reps)
+            t = best_of(lambda: forward(b), a.reps)
         fp32 = next(r["seconds"] for r in rows if r["rows"] == b)
         bf16.append({"rows": b, "seconds": t, "speedup_vs_fp32": fp32 / t})
         print(f"rows={b:5d}: bf16 autocast {1e3 * t:8.2f} ms  ({fp32 / t:.2f}x the float32 speed)", flush=True)
@@ -109,15 +110,11 @@ def main(argv=None) -> int:
     from torch.profiler import ProfilerActivity, profile
 
     b = a.rows[0]
-    xs = torch.randn(b, model.n_genes, generator=gen)
-    sig = torch.full((b, 1), 2.0)
-    h = torch.randn(b, model.cfg.cond_dim, generator=gen)
-    nb = torch.randn(b, model.n_genes, generator=gen) if model.is_joint else None
     with torch.no_grad():
-        model.denoise(xs, sig, h, nbr=nb)
+        forward(b)
         with profile(activities=[ProfilerActivity.CPU]) as prof:
             for _ in range(a.reps):
-                model.denoise(xs, sig, h, nbr=nb)
+                forward(b)
     ev = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
     total = sum(e.self_cpu_time_total for e in ev)
     ops = [{"op": e.key, "self_ms_per_forward": e.self_cpu_time_total / 1e3 / a.reps,

@@ -118,6 +118,7 @@ class GraphLayer(nn.Module):
         super().__init__()
         from torch_geometric.nn import GATv2Conv, TransformerConv
 
+        self.kind = kind
         self.norm1 = nn.LayerNorm(width)
         if kind == "transformer":
             self.conv = TransformerConv(
@@ -129,8 +130,6 @@ class GraphLayer(nn.Module):
             )
         self.norm2 = nn.LayerNorm(width)
         self.ffn = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
-
-        self.kind = kind
 
     # Above this many edges, inference runs the attention per block of target
     # spots: the per-edge queries, keys, values and messages (E x width each)
