@@ -517,7 +517,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="one .h5ad per slide in DIR; slides already done are skipped, a broken one is reported "
                         "and the rest go on (exit 1 at the end); under torchrun each rank takes its share")
     p.add_argument("--spacing-um", type=_positive_float, default=None,
-                   help="centre spacing of virtual spots in microns (default: the model's training pitch)")
+                   help="centre spacing of virtual spots in microns (default: the model's training pitch, "
+                        "divided by the smallest whole number that lets the encoder's patches tile the tissue: "
+                        "100 um for legacy ST models)")
     p.add_argument("--pixel-size-um", type=_positive_float, default=None,
                    help="microns per full-resolution pixel, for images whose file records none (or a wrong one)")
     p.add_argument("--checkpoint", default=None, help="trained model (.pt); default: the bundled model")

@@ -44,7 +44,7 @@ from .features import compute_features, get_encoder
 from .features.encoders import resolve_device
 from .graph import build_spatial_graph
 from .metrics import array_rc
-from .model import sample_expression
+from .model import calls_per_spot, fast_mode, sample_expression
 
 __all__ = [
     "Progress",
@@ -352,14 +352,21 @@ def model_geometry(meta, spacing_um: float | None = None) -> SpotGeometry:
 def spots_for(sample, meta, spacing_um: float | None = None):
     """``sample`` when it has spots; else virtual spots laid over its tissue with the model's geometry.
 
-    Spacing is the model's centre pitch unless ``spacing_um`` overrides it
-    (denser is allowed: the graph's edge scales are in microns).
+    The spots are the model's (diameter, lattice kind).  Their pitch is
+    ``spacing_um`` when given; by default the model's pitch, refined by the
+    smallest whole factor that lets the encoder's patches tile the tissue
+    (:meth:`~napari_flag.data.lattice.SpotGeometry.covering`): at legacy ST's
+    200 um, 112 um patches would leave three quarters of the tissue unseen,
+    and a measured spot's nearest virtual spot would lie a median 110 um away
+    (``benchmarks/results/virtual_spots.json``).
     """
     if sample.n_spots > 0:
         return sample
     if sample.image is None:
         raise FlagInputError(f"{sample.source or sample.sample_id}: no spots and no image to lay spots on")
     geometry = model_geometry(meta, spacing_um)
+    if spacing_um is None:
+        geometry = geometry.covering(float(meta.encoder["patch_um"]))
     return virtual_spots(sample, geometry, spacing_um=spacing_um)
 
 
@@ -465,6 +472,8 @@ def iter_predict(
         "samples": int(samples),
         "solver": str(model.cfg.sample_solver) if generative else "",
         "mean_rule": _mean_rule(model.cfg, samples) if generative else "",
+        **({"temperature": float(model.cfg.sample_temperature),
+            "network_calls_per_spot": _calls_per_spot(model.cfg, steps, samples)} if generative else {}),
         "seed": int(seed),
         "transform": panel.transform,
         "scale": SCALE_NAMES[panel.transform],
@@ -519,7 +528,15 @@ def _mean_rule(cfg, samples: int) -> str:
     """How the recorded mean was formed (see :func:`~napari_flag.model.sample_expression`)."""
     rule = getattr(cfg, "sample_mean", "samples")
     like = int(getattr(cfg, "sample_mean_like", samples))
-    return f"blend of {samples} imitating {like}" if rule == "blend" and samples < like else "samples"
+    if not fast_mode(rule, samples, like):
+        return "samples"
+    return f"blend of {samples} imitating {like}" if samples < like else f"mean of {samples} (fast)"
+
+
+def _calls_per_spot(cfg, steps: int, samples: int) -> int:
+    like = int(getattr(cfg, "sample_mean_like", samples))
+    fast = fast_mode(getattr(cfg, "sample_mean", "samples"), samples, like)
+    return calls_per_spot(steps, cfg.sample_solver, samples, fast, bool(getattr(cfg, "sample_share_first", False)))
 
 
 def predict_sample(sample, checkpoint=None, steps: int | None = None, samples: int | None = None,

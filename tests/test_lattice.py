@@ -121,3 +121,13 @@ def test_virtual_spots_errors(tmp_path, c2_slide, her2st_tile):
         virtual_spots(nopx, ST_LEGACY)
     assert str(e.value) == f"{p}: pixel size unknown; pass --pixel-size-um"
     assert virtual_spots(with_pixel_size(nopx, 2.8), ST_LEGACY).n_spots > 0
+
+
+def test_default_virtual_pitch_lets_patches_tile_the_tissue():
+    """Legacy ST's 200 um pitch is halved for 112 um patches; Visium's 100 um stays; the factor is whole."""
+    assert ST_LEGACY.covering(112.0) == SpotGeometry(100.0, 100.0, "square")
+    assert VISIUM.covering(112.0) is VISIUM
+    assert SpotGeometry(100.0, 300.0, "square").covering(112.0).spacing_um == pytest.approx(100.0)
+    assert SpotGeometry(100.0, 224.0, "square").covering(112.0).spacing_um == pytest.approx(112.0)
+    with pytest.raises(FlagInputError):
+        ST_LEGACY.covering(0)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from napari_flag.graph import build_spatial_graph
-from napari_flag.model import EDM, FlagConfig, FlagModel, sample_expression
+from napari_flag.model import EDM, FlagConfig, FlagModel, calls_per_spot, fast_mode, sample_expression
 
 S, G, D, DE = 48, 12, 16, 10
 
@@ -22,6 +22,7 @@ def tiny(**kw) -> FlagConfig:
     base = dict(
         width=32, heads=2, depth=2, mlp_ratio=2.0, feat_dim_proj=32, cond_dim=32,
         graph_layers=1, graph_heads=2, align_block=1, align_hidden=(32,), feat_dropout=0.0,
+        joint=False,  # condition-only unless a test asks for joint denoising
     )
     base.update(kw)
     return FlagConfig.preset("cpu", **base)
@@ -154,12 +155,15 @@ def test_sample_contract(toy):
 
 
 def test_blend_mean(toy):
-    """The 8-call default: posterior-mean estimate from the first call + scaled sample deviation."""
+    """The fast mode's mean: posterior-mean estimate from the first call + scaled sample deviation
+    (imitating 6 samples here; the default imitates 2, the samples' plain mean)."""
     torch.manual_seed(0)
-    m = FlagModel(tiny(), G, D)
+    m = FlagModel(tiny(sample_mean_like=6, sample_share_first=False), G, D)
     _train(m, toy, steps=10)
     h = m.encode_slide(toy["feats"], toy["graph"]).detach()
-    assert (m.cfg.sample_count, m.cfg.sample_steps, m.cfg.sample_mean, m.cfg.sample_mean_like) == (2, 4, "blend", 6)
+    d = FlagConfig()
+    assert (d.sample_count, d.sample_steps, d.sample_mean, d.sample_mean_like, d.sample_share_first) == \
+        (2, 4, "blend", 2, True)
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
 
     rows = []
@@ -197,9 +201,13 @@ def test_blend_mean(toy):
     assert 0 < gap < 0.1, gap
     assert EDM.nfe(4, "dpm2m", final_call=False) == 3 and EDM.nfe(1, "dpm2m", final_call=False) == 1
 
-    # as many samples as it imitates -> the plain mean; one sample -> zero std
+    # as many samples as it imitates or more -> the plain mean; one sample -> zero std
     full = sample_expression(m, h, samples=8, return_samples=True, generator=gen())
     torch.testing.assert_close(full["mean"], full["samples"].mean(0))
+    even = sample_expression(m, h, mean_like=2, return_samples=True, generator=gen())  # the default's fast mean
+    torch.testing.assert_close(even["samples"], out["samples"])
+    torch.testing.assert_close(even["mean"], even["samples"].mean(0))
+    torch.testing.assert_close(even["std"], out["std"])
     assert (sample_expression(m, h, samples=1)["std"] == 0).all()
     with pytest.raises(ValueError):
         sample_expression(m, h, mean="median")
@@ -400,18 +408,21 @@ def test_cpu_preset_timing():
     rng = np.random.default_rng(0)
     feats = rng.random((n_spots, feat_dim)).astype(np.float32)
     graph = build_spatial_graph(rng.random((n_spots, 2)) * 3000, feats)
+    w = graph.neighbour_matrix()
     with torch.no_grad():
         h = m.encode_slide(feats, graph)
         x, sig = torch.randn(n_spots, n_genes), torch.ones(n_spots, 1)
-        m.denoise(x, sig, h)
+        nbr = torch.sparse.mm(w, x)
+        m.denoise(x, sig, h, nbr=nbr)
         t = time.perf_counter()
         for _ in range(3):
-            m.denoise(x, sig, h)
+            m.denoise(x, sig, h, nbr=nbr)
         fwd = (time.perf_counter() - t) / 3
         t = time.perf_counter()
-        out = sample_expression(m, h)
+        out = sample_expression(m, h, neighbours=w)
         smp = time.perf_counter() - t
-    nfe = EDM.nfe(cfg.sample_steps, cfg.sample_solver) * cfg.sample_count
+    nfe = calls_per_spot(cfg.sample_steps, cfg.sample_solver, cfg.sample_count,
+                         fast_mode(cfg.sample_mean, cfg.sample_count, cfg.sample_mean_like), cfg.sample_share_first)
     print(
         f"\ncpu preset: {m.n_params() / 1e6:.2f} M params; forward {n_spots}x{n_genes}: {fwd * 1e3:.0f} ms; "
         f"default sample ({cfg.sample_steps} steps x {cfg.sample_count} samples = {nfe} NFE/spot): {smp:.2f} s"
@@ -549,3 +560,66 @@ def test_graph_encoder_in_blocks_matches_whole(toy, monkeypatch):
         g = type(toy["graph"])(toy["graph"].edge_index[:, perm], toy["graph"].edge_attr[perm], S)
         blocks = m.encode_slide(toy["feats"], g)
     torch.testing.assert_close(blocks, whole, rtol=1e-5, atol=1e-5)
+
+
+class _BlindAtTop(torch.nn.Module):
+    """A denoiser whose network part ignores its input at sigma_max (what sharing the first call assumes)
+    and uses it below; joint or not."""
+
+    def __init__(self, real: FlagModel):
+        super().__init__()
+        self.real, self.cfg, self.edm, self.n_genes = real, real.cfg, real.edm, real.n_genes
+        self.is_joint = real.is_joint
+
+    @property
+    def device(self):
+        return self.real.device
+
+    def denoise(self, x, sigma, h, guidance=1.0, nbr=None):
+        if float(sigma[0]) == self.edm.sigma_max:  # c_skip x + c_out F(h): F blind to x
+            c_skip = self.edm.precond(sigma)[0]
+            return c_skip * x + self.real.denoise(torch.zeros_like(x), sigma, h, guidance,
+                                                  nbr=None if nbr is None else torch.zeros_like(nbr))
+        return self.real.denoise(x, sigma, h, guidance, nbr=nbr)
+
+
+@pytest.mark.parametrize("joint", [False, True])
+def test_shared_first_call(toy, joint):
+    """The fast sampler's samples share their call at sigma_max: one call fewer per extra sample, and the
+    very same draws when the network is blind to its input there."""
+    torch.manual_seed(0)
+    m = FlagModel(tiny(joint=joint), G, D)
+    _train_joint(m, toy, steps=5) if joint else _train(m, toy, steps=5)
+    h = m.encode_slide(toy["feats"], toy["graph"]).detach()
+    kw = dict(neighbours=toy["graph"].neighbour_matrix() if joint else None, return_samples=True, chunk_rows=20)
+    blind = _BlindAtTop(m)
+    rows = []
+    real = blind.denoise
+    blind.denoise = lambda x, *a, **k: rows.append(x.shape[0]) or real(x, *a, **k)
+    shared = sample_expression(blind, h, share_first=True, generator=torch.Generator().manual_seed(2), **kw)
+    assert sum(rows) == 5 * S  # 1 shared call + 2 samples x 2 calls
+    rows.clear()
+    each = sample_expression(blind, h, share_first=False, generator=torch.Generator().manual_seed(2), **kw)
+    assert sum(rows) == 6 * S
+    for k in ("mean", "std", "samples"):
+        torch.testing.assert_close(shared[k], each[k])
+    assert calls_per_spot(4, "dpm2m", 2, True, True) == 5 and calls_per_spot(4, "dpm2m", 2, True) == 6
+    assert calls_per_spot(4, "dpm2m", 8, False, True) == 32  # the plain mean makes every call
+    # the real network does look at its input at sigma_max: sharing is then an approximation, not a no-op
+    a = sample_expression(m, h, share_first=True, generator=torch.Generator().manual_seed(2), **kw)
+    b = sample_expression(m, h, share_first=False, generator=torch.Generator().manual_seed(2), **kw)
+    assert not torch.allclose(a["samples"], b["samples"])
+
+
+def test_training_noise_share_at_sigma_max():
+    edm = EDM(P_max=0.25)
+    s = edm.sample_sigma(20000, torch.Generator().manual_seed(0))
+    top = (s == edm.sigma_max).float().mean().item()
+    assert abs(top - 0.25) < 0.02
+    rest = s[s != edm.sigma_max].log()
+    assert abs(rest.mean().item() - edm.P_mean) < 0.05 and abs(rest.std().item() - edm.P_std) < 0.05
+    # P_max = 0 draws exactly EDM's log-normal (same stream as before the option existed)
+    torch.testing.assert_close(EDM(P_max=0.0).sample_sigma(100, torch.Generator().manual_seed(1)),
+                               (torch.randn(100, generator=torch.Generator().manual_seed(1)) * EDM.P_std
+                                + EDM.P_mean).exp())
+    assert EDM.from_config(FlagConfig(P_max=0.3)).P_max == 0.3

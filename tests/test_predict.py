@@ -63,8 +63,9 @@ def test_iter_predict_events_and_result(ckpt, c2):
     stages = [e.stage for e in progress]
     assert {"loading model", "features", "graph", "sampling"} <= set(stages)
     sampling = [e for e in progress if e.stage == "sampling"]
-    # one event per sampler step of each chunk of spots
-    assert sampling[-1].done == sampling[-1].total and sampling[-1].total % 3 == 0
+    # one event per network call and chunk of spots (the joint model steps the whole slide per call):
+    # 3 steps with the last call skipped and the first shared are 2 calls, over 3 chunks of 64 spots x 2 samples
+    assert sampling[-1].done == sampling[-1].total == 6
     assert [e.done for e in sampling[-3:]] == list(range(sampling[-1].total - 2, sampling[-1].total + 1))
 
     a = last.adata
@@ -78,7 +79,8 @@ def test_iter_predict_events_and_result(ckpt, c2):
     np.testing.assert_allclose(a.layers["truth"], panel_matrix(c2.adata, ck["genes"], "log2p1"), rtol=1e-6)
     info = a.uns["flag"]
     assert info["checkpoint"] == str(ckpt) and info["steps"] == 3 and info["samples"] == 2
-    assert info["mean_rule"] == "blend of 2 imitating 6"
+    assert info["mean_rule"] == "mean of 2 (fast)" and info["temperature"] == 0.7
+    assert info["network_calls_per_spot"] == 1 + 2 * 1  # 3 steps: the shared first call, then one each
     assert info["transform"] == "log2p1" and info["sample_id"] == "C2"
     assert info["encoder"] == "efficientnet_lite0" and info["version"] and info["method"] == "flag"
     assert "truth_missing_genes" not in info

@@ -52,18 +52,19 @@ def test_image_without_spots_predicted_on_virtual_spots(c3_virtual):
     out, measured = c3_virtual
     a = ad.read_h5ad(out)
     info = a.uns["flag"]
-    assert info["virtual_spots"] and info["spot_geometry"] == {"diameter_um": 100.0, "spacing_um": 200.0,
+    # the model's spots (100 um, square) at the default pitch: its 200 um halved, so 112 um patches tile the tissue
+    assert info["virtual_spots"] and info["spot_geometry"] == {"diameter_um": 100.0, "spacing_um": 100.0,
                                                                "lattice": "square"}
-    assert 150 < a.n_obs < 260 and a.n_vars == 200 and "truth" not in a.layers
+    assert 600 < a.n_obs < 1040 and a.n_vars == 200 and "truth" not in a.layers
     assert {"array_row", "array_col", "in_tissue"} <= set(a.obs) and (a.obs["in_tissue"] == 1).all()
-    # the lattice: neighbours 200 um apart, in full-resolution pixels of the file
+    # the lattice: neighbours 100 um apart, in full-resolution pixels of the file
     from scipy.spatial import cKDTree
 
     d = cKDTree(a.obsm["spatial"]).query(a.obsm["spatial"], k=2)[0][:, 1]
-    assert np.median(d) * info["pixel_size_um"] == pytest.approx(200.0, rel=0.01)
+    assert np.median(d) * info["pixel_size_um"] == pytest.approx(100.0, rel=0.01)
     # ≥ 97 % of the measured spots have a virtual spot within 0.75 spacing
     dm = cKDTree(a.obsm["spatial"]).query(measured.coords)[0] * info["pixel_size_um"]
-    assert np.mean(dm <= 0.75 * 200.0) >= 0.97
+    assert np.mean(dm <= 0.75 * 100.0) >= 0.97
     assert set(info["compatibility"]) == {"coarse_image"}  # a half-size scan: the patch is upsampled
     assert 0 < info["tissue"]["fraction"] < 1
     # scanpy reads it as it is

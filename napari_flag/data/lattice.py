@@ -67,6 +67,17 @@ class SpotGeometry:
         """Same spots at another pitch (denser or sparser sampling)."""
         return SpotGeometry(self.diameter_um, spacing_um, self.lattice)
 
+    def covering(self, patch_um: float) -> "SpotGeometry":
+        """This lattice refined by the smallest whole factor that makes its pitch at most ``patch_um``.
+
+        Patches of side ``patch_um`` centred on such a lattice leave no tissue
+        unseen (square and hexagonal alike), and every ``k``-th virtual spot
+        still sits on the coarser lattice the model was trained on.  Legacy ST
+        (200 um pitch, 112 um patches) becomes 100 um; Visium (100 um) stays.
+        """
+        k = max(1, math.ceil(self.spacing_um / _positive(patch_um, "patch size") - 1e-9))
+        return self if k == 1 else self.with_spacing(self.spacing_um / k)
+
     def spacing_px(self, pixel_size_um: float) -> float:
         return self.spacing_um / float(pixel_size_um)
 

@@ -154,11 +154,13 @@ class TrainConfig:
         unknown = sorted(set(over) - names)
         if unknown:
             raise FlagInputError(f"model: unknown FlagConfig key(s): {', '.join(unknown)}")
+        # no_graph drops every use of the spatial graph (the encoder's and joint denoising's);
+        # regression has no noisy values for joint denoising to share
         switches = {
             "flag": {},
-            "no_graph": {"graph": False},
+            "no_graph": {"graph": False, "joint": False},
             "no_align": {"align": False},
-            "regression": {"mode": "regression"},
+            "regression": {"mode": "regression", "joint": False},
         }.get(self.method, {})
         over.update(switches)
         try:

@@ -34,7 +34,7 @@ from ..errors import FlagInputError
 from ..features.encoders import resolve_device
 from ..inference import SlideData, predict_arrays
 from ..metrics import evaluate, jsonable, summarize
-from ..model import BASELINES, FlagModel
+from ..model import BASELINES, FlagConfig, FlagModel
 from .config import LOWER_IS_BETTER, TrainConfig
 from .data import PreparedData, prepare_data
 
@@ -233,7 +233,7 @@ def _better(a: float, b: float | None, metric: str) -> bool:
 
 # FlagConfig keys that only change sampling (prediction, validation), not what is trained.
 SAMPLER_KEYS = ("sample_solver", "sample_steps", "sample_count", "sample_temperature", "sample_antithetic",
-                "sample_mean", "sample_mean_like", "guidance")
+                "sample_mean", "sample_mean_like", "sample_share_first", "guidance")
 # Keys older checkpoints carry that no longer describe the network.
 _LEGACY_KEYS = ("align_dim",)
 
@@ -259,7 +259,8 @@ def _resume_mismatch(ckpt: dict, cfg: TrainConfig) -> str | None:
             return f"checkpoint {key}={tc[key]!r} differs from config {key}={getattr(cfg, key)!r}"
     if not cfg.is_baseline and isinstance(ckpt.get("model_config"), dict):
         skip = SAMPLER_KEYS + _LEGACY_KEYS
-        have = {k: v for k, v in ckpt["model_config"].items() if k not in skip}
+        # through FlagConfig, so a key added since the run was saved reads as its default
+        have = {k: v for k, v in FlagConfig.from_dict(ckpt["model_config"]).to_dict().items() if k not in skip}
         want = {k: v for k, v in cfg.flag_config().to_dict().items() if k not in skip}
         diff = sorted(k for k in set(have) | set(want)
                       if json.dumps(have.get(k), sort_keys=True) != json.dumps(want.get(k), sort_keys=True))
