@@ -74,15 +74,17 @@ def main(argv=None) -> int:
     spots = int(ad.read_h5ad(tmp / "default.h5ad").n_obs)
     info = {k: ad.read_h5ad(tmp / f"{k}.h5ad").uns["flag"] for k in settings}
     best = {k: min(v) for k, v in times.items()}
-    from napari_flag.model import EDM
+    from napari_flag.model import calls_per_spot, fast_mode
 
-    blend = getattr(cfg, "sample_mean", "samples") == "blend" and cfg.sample_count < cfg.sample_mean_like
-    nfe = {"default": EDM.nfe(cfg.sample_steps, cfg.sample_solver, final_call=not blend) * cfg.sample_count,
+    blend = fast_mode(getattr(cfg, "sample_mean", "samples"), cfg.sample_count, cfg.sample_mean_like)
+    nfe = {"default": calls_per_spot(cfg.sample_steps, cfg.sample_solver, cfg.sample_count, blend,
+                                     getattr(cfg, "sample_share_first", False)),
            "steps4_samples8": 32}
     result = {
         "image": str(image), "spots": spots, "spacing_um": a.spacing_um, "checkpoint": ckpt,
         "default_sampler": {k: getattr(cfg, k) for k in ("sample_solver", "sample_steps", "sample_count",
-                                                           "sample_mean", "sample_mean_like", "sample_temperature")},
+                                                           "sample_mean", "sample_mean_like", "sample_temperature",
+                                                           "sample_share_first") if hasattr(cfg, k)},
         "runs": {k: {"seconds": times[k], "best_s": best[k], "nfe_per_spot": nfe[k],
                      "steps": int(info[k]["steps"]), "samples": int(info[k]["samples"])} for k in settings},
         "warmup_s": warm,

@@ -19,9 +19,16 @@ validation (the one after the test section, cyclically: C2 -> C3, ..., C6 ->
 C2) and trains on the other three; the EMA weights are validated every
 ``val_every`` steps (PCC of the default prediction), training stops after
 ``patience`` validations without improvement, and the best validated weights
-are kept.  The sampler temperature is then chosen on the same validation
-section (the grid ``--temperatures``, maximising PCC + SSC of the default
-prediction), and only then is the test section predicted, once.
+are kept.  The sampler is then set on the same validation section, and only
+then is the test section predicted, once.  ``--select split`` (the default)
+sets its two knobs by what each output is for, each scored over seeds 0 and 1:
+the temperature (grid ``--temperatures``) maximises GSC-CCC + SSC of *one
+sample* (a sample is there to keep gene-gene and spatial structure); then, at
+that temperature, the blend's ``mean_like`` N (grid ``--mean-likes``)
+maximises PCC + SSC of the *mean*, the default prediction (the rule
+``--select mean`` applies to the temperature: a larger N moves the mean
+towards the posterior mean, more PCC and less spatial structure).
+``--select mean`` is that earlier rule alone.
 
     python benchmarks/her2st_loso.py --out benchmarks/results/her2st.json
 
@@ -52,7 +59,8 @@ def validation_section(held: str) -> str:
 
 def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], out_dir: str, seed: int,
              reuse: bool = False, temperature: float | None = None, nested: bool = False,
-             temperatures: tuple[float, ...] = (0.5, 0.7, 1.0), val_every: int = 100, patience: int = 4) -> dict:
+             temperatures: tuple[float, ...] = (0.5, 0.7, 1.0), val_every: int = 100, patience: int = 4,
+             select: str = "split", mean_likes: tuple[int, ...] = (2, 3, 4, 6, 8, 12, 16, 32)) -> dict:
     import torch
 
     torch.set_num_threads(1)
@@ -100,7 +108,11 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
             info.write_text(json.dumps({"train_s": t_train, "steps": n_steps, "stopped_at": out.step}))
         sel = None
         if nested and hasattr(model, "cfg") and m != "regression" and temperature is None:
-            sel = _choose_temperature(model, data.val[0], data, temperatures, seed)
+            if select == "split":
+                sel = _choose_split(model, data.val[0], data, temperatures, mean_likes)
+                model.cfg.sample_mean_like = sel["mean_like"]
+            else:
+                sel = _choose_temperature(model, data.val[0], data, temperatures, seed)
             model.cfg.sample_temperature = sel["chosen"]
         elif temperature is not None and hasattr(model, "cfg"):
             model.cfg.sample_temperature = float(temperature)
@@ -147,6 +159,43 @@ def _choose_temperature(model, val_slide, data, grid, seed) -> dict:
     return {"chosen": float(chosen), "validation": scores}
 
 
+SPLIT_SEEDS = (0, 1)
+
+
+def _choose_split(model, val_slide, data, temperatures, mean_likes) -> dict:
+    """Temperature by one sample's GSC-CCC + SSC, then the blend's N by the mean's PCC + SSC
+    (both on the validation section, mean over two seeds)."""
+    import numpy as np
+
+    from napari_flag.inference import predict_arrays
+    from napari_flag.metrics import evaluate
+
+    def score(x, keys):
+        met = evaluate(x, val_slide.truth, val_slide.coords, val_slide.array_rc, val_slide.grid,
+                       genes=data.genes, seed=0)
+        return {k: float(met[k]) for k in keys}
+
+    def mean_over_seeds(fn):
+        runs = [fn(sd) for sd in SPLIT_SEEDS]
+        return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
+
+    sample_scores = {}
+    for t in temperatures:
+        model.cfg.sample_temperature = float(t)
+        sample_scores[str(t)] = mean_over_seeds(lambda sd: score(
+            predict_arrays(model, val_slide, data.panel, seed=sd, return_samples=True, keep_samples=1)[2][0],
+            ("GSC-CCC", "SSC", "PCC")))
+    tau = max(temperatures, key=lambda t: sample_scores[str(t)]["GSC-CCC"] + sample_scores[str(t)]["SSC"])
+    model.cfg.sample_temperature = float(tau)
+    mean_scores = {}
+    for n in mean_likes:
+        mean_scores[str(n)] = mean_over_seeds(lambda sd: score(
+            predict_arrays(model, val_slide, data.panel, seed=sd, mean_like=int(n))[0], ("PCC", "SSC", "GSC-CCC")))
+    like = max(mean_likes, key=lambda n: mean_scores[str(n)]["PCC"] + mean_scores[str(n)]["SSC"])
+    return {"chosen": float(tau), "mean_like": int(like), "rule": "split", "seeds": list(SPLIT_SEEDS),
+            "validation": {"sample": sample_scores, "mean": mean_scores}}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/her2st.json")
@@ -162,6 +211,10 @@ def main(argv=None) -> int:
                     help="hold out a validation section per fold: early stopping and temperature chosen on it")
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.7, 1.0],
                     help="--nested: temperature grid scored on the validation section")
+    ap.add_argument("--select", choices=["split", "mean"], default="split",
+                    help="--nested: how the sampler is set on the validation section (see the module docstring)")
+    ap.add_argument("--mean-likes", type=int, nargs="+", default=[2, 3, 4, 6, 8, 12, 16, 32],
+                    help="--nested --select split: grid of the blend's mean_like")
     ap.add_argument("--val-every", type=int, default=100, help="--nested: steps between validations")
     ap.add_argument("--patience", type=int, default=4, help="--nested: validations without improvement")
     ap.add_argument("overrides", nargs="*", help="TrainConfig key=value overrides (model.width=64 ...)")
@@ -172,7 +225,7 @@ def main(argv=None) -> int:
     t0 = time.time()
     with ProcessPoolExecutor(max_workers=a.jobs) as ex:
         futs = [ex.submit(run_fold, s, a.methods, a.steps, a.overrides, a.runs, a.seed, a.reuse, a.temperature,
-                          a.nested, tuple(a.temperatures), a.val_every, a.patience)
+                          a.nested, tuple(a.temperatures), a.val_every, a.patience, a.select, tuple(a.mean_likes))
                 for s in a.sections]
         folds = [f.result() for f in futs]
 
@@ -201,6 +254,7 @@ def main(argv=None) -> int:
         "config": {"steps": a.steps, "seed": a.seed, "temperature": a.temperature, "overrides": a.overrides,
                    "sections": a.sections, "nested": a.nested,
                    **({"temperatures": a.temperatures, "val_every": a.val_every, "patience": a.patience,
+                       "select": a.select, "mean_likes": a.mean_likes,
                        "validation": [f["validation"] for f in folds]} if a.nested else {})},
         "selection": [{"held_out": f["held_out"], "validation": f["validation"],
                        **{m: {"steps": r["steps"], **({"temperature": r["temperature"]} if "temperature" in r else {})}

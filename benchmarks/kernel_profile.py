@@ -15,8 +15,10 @@ per (spot, sample) row and network evaluation:
 Elementwise work (norms, softmax, activations) is not counted, so the figure
 is a lower bound on work done.  The same run times ``torch.matmul`` of two
 square float32 matrices (``--matmul-n``) as the machine's reference, and
-profiles one chunk of the default sampler by operator, and times the forward
-under bf16 autocast (`bf16_autocast`: its speed against float32).  Writes
+profiles one chunk of the default sampler by operator, times the forward
+under bf16 autocast (`bf16_autocast`: its speed against float32) and the same
+network with its attention in ``--heads`` heads (random weights, same FLOPs:
+``heads_random_weights``).  Writes
 ``benchmarks/results/kernel_profile.json``.
 """
 from __future__ import annotations
@@ -61,6 +63,7 @@ def main(argv=None) -> int:
     ap.add_argument("--rows", type=int, nargs="+", default=[256], help="rows (spot x sample) per forward")
     ap.add_argument("--matmul-n", type=int, default=2048)
     ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--heads", type=int, nargs="*", default=[1, 2], help="head counts timed with random weights")
     ap.add_argument("--out", default="benchmarks/results/kernel_profile.json")
     a = ap.parse_args(argv)
 
@@ -107,6 +110,18 @@ def main(argv=None) -> int:
         bf16.append({"rows": b, "seconds": t, "speedup_vs_fp32": fp32 / t})
         print(f"rows={b:5d}: bf16 autocast {1e3 * t:8.2f} ms  ({fp32 / t:.2f}x the float32 speed)", flush=True)
 
+    # the same network with its attention split into more heads (same FLOPs, random weights): why 1 head
+    heads = []
+    for nh in sorted({model.cfg.heads, *a.heads}):
+        other = type(model)(model.cfg.replace(heads=nh), model.n_genes, model.feat_dim).eval()
+        for b in a.rows:
+            xs, sig, h, nb = inputs[b]
+            with torch.no_grad():
+                t = best_of(lambda: other.denoise(xs, sig, h, nbr=nb), a.reps)
+            heads.append({"heads": nh, "rows": b, "seconds": t, "ms_per_row": 1e3 * t / b,
+                          "gflops": flops["total"] * b / t / 1e9})
+            print(f"heads={nh} rows={b:5d}: {1e3 * t:8.2f} ms  {heads[-1]['gflops']:6.1f} GFLOP/s", flush=True)
+
     from torch.profiler import ProfilerActivity, profile
 
     b = a.rows[0]
@@ -125,7 +140,8 @@ def main(argv=None) -> int:
         "checkpoint": ckpt, "n_genes": model.n_genes,
         "config": {k: getattr(model.cfg, k) for k in ("width", "depth", "heads", "mlp_ratio", "value_fourier")},
         "flop_per_row": flops, "matmul": {"n": n, "seconds": t_mm, "gflops": mm_gflops},
-        "forward": rows, "bf16_autocast": bf16, "profile_rows": b, "profile_top_ops": ops,
+        "forward": rows, "bf16_autocast": bf16, "heads_random_weights": heads, "profile_rows": b,
+        "profile_top_ops": ops,
         "torch": torch.__version__,
         "command": command(argv), "machine": machine(f"{a.threads} threads"),
     }

@@ -6,14 +6,15 @@ For each (solver, steps, samples) the held-out section is predicted and the
 mean prediction is scored.  Solvers: Heun (2*steps-1 network evaluations per
 sample; 1 for steps=1) and DPM-Solver++(2M) (one per step).  The default is
 the cheapest setting whose PCC, GSC and SSC are all within ``--tol`` of the
-reference: Heun with the most steps and samples (100 steps, 8 samples).
+reference: Heun with the most steps and samples (100 steps, 8 samples), or
+``--reference`` (e.g. ``heun:100:2``, the converged solver for a 2-sample mean).
 ``chosen_one_sided`` relaxes "within" to "no more than ``--tol`` worse" (higher
 is better for all three), so a setting that keeps *more* spatial structure
 than the reference is not ruled out for it.
 
-``--settings solver:steps:samples[:mean]`` runs only those settings (mean
-``samples`` or ``blend``: see ``sample_expression``); ``default`` is the
-model's own sampler.  ``--rescore`` re-applies both rules (and redraws the PNG) to the rows of an
+``--settings solver:steps:samples[:mean[:share|noshare]]`` runs only those
+settings (mean ``samples`` or ``blend``, samples sharing their first call or
+not: see ``sample_expression``); ``default`` is the model's own sampler.  ``--rescore`` re-applies both rules (and redraws the PNG) to the rows of an
 existing JSON without predicting again.  Writes
 ``benchmarks/results/sampler_nfe.json`` and a PNG of the curves.
 """
@@ -30,10 +31,10 @@ STEPS = [1, 2, 4, 8, 16, 32, 100]
 SAMPLES = [1, 4, 8]
 
 
-def nfe(solver: str, steps: int, samples: int, blend: bool = False) -> int:
-    from napari_flag.model.diffusion import EDM
+def nfe(solver: str, steps: int, samples: int, blend: bool = False, share: bool = False) -> int:
+    from napari_flag.model import calls_per_spot
 
-    return (1 if steps == 1 else EDM.nfe(steps, solver, final_call=not blend)) * samples
+    return calls_per_spot(steps, solver, samples, blend, share)
 
 
 def main(argv=None) -> int:
@@ -43,8 +44,12 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, nargs="+", default=STEPS)
     ap.add_argument("--samples", type=int, nargs="+", default=SAMPLES)
     ap.add_argument("--solvers", nargs="+", default=["heun", "dpm2m"])
-    ap.add_argument("--settings", nargs="+", default=None, help="solver:steps:samples[:mean] or 'default'")
+    ap.add_argument("--settings", nargs="+", default=None,
+                    help="solver:steps:samples[:mean[:share|noshare]] or 'default' (share: the blend's samples "
+                         "share their first call; default: the model's sample_share_first)")
     ap.add_argument("--mean-like", type=int, default=None, help="sample_mean_like of the blend (default: the model's)")
+    ap.add_argument("--reference", default=None, metavar="SOLVER:STEPS:SAMPLES",
+                    help="the plain-mean setting the others are held to (default: the most expensive heun one)")
     ap.add_argument("--tol", type=float, default=0.01)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
@@ -71,6 +76,7 @@ def main(argv=None) -> int:
     from napari_flag.data import load_sample
     from napari_flag.inference import GenePanel, encoder_for_checkpoint, predict_arrays, prepare_slide
     from napari_flag.metrics import evaluate
+    from napari_flag.model import fast_mode
 
     model, meta = load_model(a.checkpoint, "cpu")
     panel = GenePanel.from_checkpoint(meta)
@@ -88,29 +94,35 @@ def main(argv=None) -> int:
         for spec in a.settings:
             if spec == "default":
                 spec = f"{cfg.sample_solver}:{cfg.sample_steps}:{cfg.sample_count}:{cfg.sample_mean}"
-            solver, st, ns, *rule = spec.split(":")
-            grid.append((solver, int(st), int(ns), rule[0] if rule else "samples"))
+            solver, st, ns, *rest = spec.split(":")
+            share = bool(getattr(cfg, "sample_share_first", False)) if len(rest) < 2 else rest[1] == "share"
+            grid.append((solver, int(st), int(ns), rest[0] if rest else "samples", share))
     else:
-        grid = [(solver, st, ns, "samples") for solver in a.solvers for st in a.steps for ns in a.samples
+        grid = [(solver, st, ns, "samples", False) for solver in a.solvers for st in a.steps for ns in a.samples
                 if not (solver != a.solvers[0] and st == 1)]  # one step: the same one-shot denoiser for all
     rows = []
-    for solver, st, ns, rule in grid:
+    for solver, st, ns, rule, share in grid:
         t0 = time.perf_counter()
         pred, _, smp = predict_arrays(model, slide, panel, steps=st, samples=ns, seed=a.seed,
-                                      return_samples=True, keep_samples=1, solver=solver, mean=rule)
+                                      return_samples=True, keep_samples=1, solver=solver, mean=rule,
+                                      share_first=share)
         dt = time.perf_counter() - t0
         m, s1 = score(pred), score(smp[0])
-        blend = rule == "blend" and ns < cfg.sample_mean_like
-        n = nfe(solver, st, ns, blend)
+        blend = fast_mode(rule, ns, cfg.sample_mean_like)
+        share = share and blend and ns > 1 and st > 1
+        n = nfe(solver, st, ns, blend, share)
         rows.append({"solver": solver, "steps": st, "samples": ns, "mean_rule": rule if blend else "samples",
-                     "mean_like": cfg.sample_mean_like if blend else ns, "nfe_per_spot": n, "seconds": dt,
-                     "mean": m, "single_sample": s1})
+                     "mean_like": cfg.sample_mean_like if blend else ns, "share_first": share,
+                     "nfe_per_spot": n, "seconds": dt, "mean": m, "single_sample": s1})
         print(f"{solver:5s} steps={st:3d} samples={ns} {rows[-1]['mean_rule']:7s} nfe={n:4d} {dt:6.2f}s  "
               + " ".join(f"{k}={m[k]:.3f}" for k in ("PCC", "MSE", "GSC", "GSC-CCC", "SSC")), flush=True)
 
     plain = [r for r in rows if r["mean_rule"] == "samples"]
     ref_solver = "heun" if any(r["solver"] == "heun" for r in plain) else plain[0]["solver"]
     ref = max((r for r in plain if r["solver"] == ref_solver), key=lambda r: (r["steps"], r["samples"]))
+    if a.reference:
+        solver, st, ns = a.reference.split(":")
+        ref = next(r for r in plain if (r["solver"], r["steps"], r["samples"]) == (solver, int(st), int(ns)))
     result = {
         "section": a.section, "checkpoint": str(a.checkpoint), "tol": a.tol,
         "temperature": float(getattr(getattr(model, "cfg", None), "sample_temperature", 1.0)),
@@ -131,7 +143,7 @@ RULE_KEYS = ("PCC", "GSC", "SSC")
 
 
 def _setting(r: dict) -> tuple:
-    return r["solver"], r["steps"], r["samples"], r.get("mean_rule", "samples")
+    return r["solver"], r["steps"], r["samples"], r.get("mean_rule", "samples"), r.get("share_first", False)
 
 
 def choose(rows: list[dict], ref: dict, tol: float) -> dict:

@@ -7,8 +7,10 @@ For every section Ck:
 * its H&E is written as a pyramidal OME-TIFF at full resolution with the
   section's measured pixel size (``write_ome_tiff``) and given to
   :func:`~napari_flag.inference.predict_sample` *without* spots, so it gets
-  virtual spots over its detected tissue at the model's geometry (legacy ST:
-  100 um spots, 200 um square pitch);
+  virtual spots over its detected tissue with the model's spots (legacy ST:
+  100 um on a square lattice) at the default pitch (the model's 200 um,
+  refined until the encoder's patches tile the tissue: 100 um), and at the
+  pitches of ``--spacings-um`` (e.g. the model's own 200 um);
 * the same file with the measured spots is predicted in spot mode by the same
   model with the same sampler and seed;
 * the model is Ck's leave-one-section-out FLAG fold (trained on the other four
@@ -75,7 +77,7 @@ def _model(section: str, runs: Path, work: Path) -> Path:
 
 def _virtual(path: Path, measured, truth, genes, kw: dict, spacing_um: float | None, model_spacing_um: float,
              seed: int) -> dict:
-    """Virtual spots at the model's pitch (``spacing_um=None``) or another; scored on the measured spots."""
+    """Virtual spots at the default pitch (``spacing_um=None``) or another; scored on the measured spots."""
     import numpy as np
     from scipy.spatial import cKDTree
 
@@ -151,7 +153,7 @@ def run_section(section: str, runs: Path, work: Path, seed: int, spacings: list[
         "virtual": {},
     }
     for sp in [None, *spacings]:
-        key = "model" if sp is None else f"{sp:g}um"
+        key = "default" if sp is None else f"{sp:g}um"
         res["virtual"][key] = v = _virtual(path, measured, truth, genes, kw, sp, model_spacing, seed)
         print(f"[{section}] spot " + " ".join(f"{k}={res['spot_mode'][k]:.3f}" for k in KEYS)
               + f" | virtual {key} " + " ".join(f"{k}={v[k]:.3f}" for k in KEYS)
@@ -166,8 +168,8 @@ def main(argv=None) -> int:
     ap.add_argument("--sections", nargs="+", default=SECTIONS)
     ap.add_argument("--runs", default="runs/her2st_loso", help="folder with <section>_flag/last.pt fold models")
     ap.add_argument("--work", default="/tmp/virtual_spots", help="slides, model copies and features go here")
-    ap.add_argument("--spacings-um", nargs="*", type=float, default=[100.0],
-                    help="virtual pitches to run besides the model's (--spacing-um of predict)")
+    ap.add_argument("--spacings-um", nargs="*", type=float, default=[200.0],
+                    help="virtual pitches to run besides the default (--spacing-um of predict)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     a = ap.parse_args(argv)
@@ -206,7 +208,7 @@ def markdown_table(result: dict) -> str:
     rows = [(p["section"], p) for p in result["sections"]] + [("mean", result["mean"])]
     for name, p in rows:
         for key, v in p["virtual"].items():
-            pitch = f"{v['spot_geometry']['spacing_um']:g} um" + (" (model)" if key == "model" else "")
+            pitch = f"{v['spot_geometry']['spacing_um']:g} um" + (" (default)" if key == "default" else "")
             cells = [f"{p['spot_mode'][k]:.3f}" for k in KEYS] + [f"{v[k]:.3f}" for k in KEYS]
             lines.append(f"| {name} | {pitch} | "
                          + " | ".join(cells)

@@ -1,6 +1,6 @@
 """Whole-slide scale: time and peak memory of ``napari-flag predict`` on a ~40,000 x 40,000 px slide.
 
-    python benchmarks/wsi_scale.py --work /tmp/wsi_scale --runs 40000:model 20000:100
+    python benchmarks/wsi_scale.py --work /tmp/wsi_scale --runs 40000:default 40000:200
 
 1. **Build** (once): HER2ST C2's H&E, a centred square of ``--period`` px
    (divisible by every level's factor), repeated to SIZE x SIZE
@@ -14,8 +14,9 @@
    ``compute_features`` reads them.  Records which level each read hit and
    the largest window: level 0 must see only patch windows, tissue only a
    coarse level.
-3. **Predict**: for each ``--runs SIZE:SPACING`` (``model``: the model's
-   pitch, 200 um for the bundled model; or a pitch in um, ``--spacing-um``),
+3. **Predict**: for each ``--runs SIZE:SPACING`` (``default``: predict's
+   default pitch, 100 um for the bundled model; or a pitch in um,
+   ``--spacing-um``, e.g. the model's own 200 um),
    ``napari-flag predict SLIDE --out OUT.h5ad`` runs as a child process with
    an empty feature cache; its wall time (open to written output) and peak
    RSS (``os.wait4`` rusage of that child) are recorded.  Linux carries the
@@ -264,8 +265,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="benchmarks/results/wsi_scale.json")
     ap.add_argument("--work", default="/tmp/wsi_scale", help="slides, outputs and feature caches go here")
-    ap.add_argument("--runs", nargs="+", default=["40000:model", "40000:100"],
-                    help="SIZE:SPACING pairs: slide side in px, and 'model' (the model's pitch) or a pitch in um")
+    ap.add_argument("--runs", nargs="+", default=["40000:default", "40000:200"],
+                    help="SIZE:SPACING pairs: slide side in px, and 'default' (predict's default pitch) or a pitch in um")
     ap.add_argument("--period", type=int, default=9216, help="side of the repeated crop of the section, in px")
     ap.add_argument("--section", default="C2")
     ap.add_argument("--checkpoint", default=None, help="default: the bundled model")
@@ -300,8 +301,8 @@ def main(argv=None) -> int:
             result["slides"][str(size)] = built
         if a.skip_predict:
             continue
-        spacing = None if sp == "model" else float(sp)
-        tag = f"{size}_" + ("model" if spacing is None else f"{spacing:g}um")
+        spacing = None if sp == "default" else float(sp)
+        tag = f"{size}_" + ("default" if spacing is None else f"{spacing:g}um")
         r = predict(slide, work / f"pred_{tag}.h5ad", work, a.checkpoint, spacing, a.extra, a.threads, a.timeout_s)
         r.update(size_px=size, spacing=sp)
         result["runs"].append(r)
