@@ -11,5 +11,5 @@ from .flag import FlagModel
 BASELINES = {"ridge": RidgeBaseline, "mlp": MLPBaseline}
 METHODS = ("flag", "no_graph", "no_align", "regression", *BASELINES)
 
-__all__ = ["FlagConfig", "FlagModel", "EDM", "sample_expression", "calls_per_spot", "fast_mode", "RidgeBaseline", "MLPBaseline",
-           "BASELINES", "METHODS"]
+__all__ = ["FlagConfig", "FlagModel", "EDM", "sample_expression", "calls_per_spot", "fast_mode",
+           "RidgeBaseline", "MLPBaseline", "BASELINES", "METHODS"]
