@@ -10,7 +10,8 @@ at least ridge's and its PCC at least regression's - 0.01; one sample's GSC-CCC
 at least 0.85 and SSC at least 0.40.  Ridge and regression are read from the
 ``--baselines`` label (default ``baselines``) and, when given, ``--reference``
 (the standard harness, four training sections); a run that trained its own
-regression is held to that one.
+regression is held to that one.  Runs are compared by the default prediction's
+validation PCC + SSC at the sampler each fold chose (mean over folds).
 """
 from __future__ import annotations
 
@@ -53,6 +54,22 @@ def main(argv=None) -> int:
             likes = ", ".join(f"{s['held_out']}:{s[sel_m]['temperature']['mean_like']}" for s in r["selection"]
                               if s.get(sel_m) and "mean_like" in s[sel_m].get("temperature", {})) or "-"
             print(f"| {label}: {sel_m} | {steps} | {temps} | {likes} |")
+    print()
+    # what runs are compared by: the default prediction's validation PCC + SSC at the sampler
+    # each fold chose (never a test score)
+    print("| run | validation PCC of the default | validation SSC | PCC + SSC |")
+    print("| --- | --- | --- | --- |")
+    for label, r in res.items():
+        vals = []
+        for s in r.get("selection", []):
+            t = (s.get("flag") or {}).get("temperature", {})
+            grid = t.get("validation", {}).get("mean")
+            if grid and "mean_like" in t:
+                vals.append(grid[str(t["mean_like"])])
+        if vals:
+            pcc = sum(v["PCC"] for v in vals) / len(vals)
+            ssc = sum(v["SSC"] for v in vals) / len(vals)
+            print(f"| {label} ({len(vals)} folds) | {pcc:.3f} | {ssc:.3f} | {pcc + ssc:.3f} |")
     print()
     base = res.get(a.baselines, {}).get("methods", {})
     ref = {}
