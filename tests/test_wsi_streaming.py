@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from napari_flag import inference
+from napari_flag.checkpoint import load_model
 from napari_flag.data import load_sample
 from napari_flag.data.sample import SlideImage
 from napari_flag.features.encoders import Encoder
@@ -24,21 +25,26 @@ from napari_flag.inference import Progress, Result, iter_predict
 
 
 class _ColourMeans(Encoder):
-    """Patch colour means repeated to the model's 1280 dimensions: cheap, and still image-driven."""
+    """Patch colour means repeated to the model's feature width: cheap, and still image-driven.
 
-    name, dim, weights_id = "colour-means", 1280, ""
+    It reads the same views as the model's encoder (the spot patch and, when the model has
+    one, the wider context patch)."""
 
-    def __init__(self, patch_um: float, patch_px: int):
-        self.patch_um, self.patch_px = float(patch_um), int(patch_px)
+    name, weights_id = "colour-means", ""
+
+    def __init__(self, meta: dict):
+        enc = meta["encoder"]
+        self.patch_um, self.patch_px = float(enc["patch_um"]), int(enc["patch_px"])
+        self.context = (enc.get("kw") or {}).get("context")
+        self.dim = int(meta["feat_dim"])
 
     def _forward(self, x):
-        return x.mean(dim=(2, 3)).repeat(1, 427)[:, : self.dim]
+        return x.mean(dim=(2, 3)).repeat(1, self.view_dim)[:, : self.view_dim]
 
 
 @pytest.fixture
 def cheap_encoder(monkeypatch):
-    monkeypatch.setattr(inference, "encoder_for_checkpoint", lambda meta, device="cpu":
-                        _ColourMeans(meta["encoder"]["patch_um"], meta["encoder"]["patch_px"]))
+    monkeypatch.setattr(inference, "encoder_for_checkpoint", lambda meta, device="cpu": _ColourMeans(meta))
 
 
 class _Recorded:
@@ -71,15 +77,16 @@ def test_routine_prediction_reads_level0_patch_by_patch(her2st_slide, tmp_path, 
     out = events[-1].adata
     assert isinstance(events[-1], Result) and out.uns["flag"]["virtual_spots"]
     n = out.n_obs
-    side = 112.0 / out.uns["flag"]["pixel_size_um"]
+    views = [v / out.uns["flag"]["pixel_size_um"] for v in _ColourMeans(load_model()[1]).views_um]
     lv0 = levels[0].windows
-    # one window per spot, each no larger than its patch (plus the pixel the sub-pixel offset needs)
-    assert len(lv0) == n and max(h * w for h, w in lv0) <= (math.ceil(side) + 1) ** 2
+    # one window per spot and view (the patch, and the context patch when the model has one),
+    # each no larger than its view (plus the pixel the sub-pixel offset needs)
+    assert len(lv0) == n * len(views) and max(h * w for h, w in lv0) <= (math.ceil(max(views)) + 1) ** 2
     # tissue (about 8 um/px) and the scanpy image came from coarser levels
     assert out.uns["flag"]["tissue"]["level"] > 0 and sum(len(lv.windows) for lv in levels[1:]) > 0
-    # features in batches, with progress all the way to n
+    # features in batches, with progress all the way to every patch of every spot
     feats = [e for e in events if isinstance(e, Progress) and e.stage == "features"]
-    assert len(feats) > 2 and feats[-1].done == feats[-1].total == n
+    assert len(feats) > 2 and feats[-1].done == feats[-1].total == n * len(views)
 
     # the same slide again: features come from the cache, level 0 is not read at all
     sample, levels = _recorded(load_sample(path))
