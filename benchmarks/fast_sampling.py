@@ -74,12 +74,7 @@ def main(argv=None) -> int:
     spots = int(ad.read_h5ad(tmp / "default.h5ad").n_obs)
     info = {k: ad.read_h5ad(tmp / f"{k}.h5ad").uns["flag"] for k in settings}
     best = {k: min(v) for k, v in times.items()}
-    from napari_flag.model import calls_per_spot, fast_mode
-
-    blend = fast_mode(getattr(cfg, "sample_mean", "samples"), cfg.sample_count, cfg.sample_mean_like)
-    nfe = {"default": calls_per_spot(cfg.sample_steps, cfg.sample_solver, cfg.sample_count, blend,
-                                     getattr(cfg, "sample_share_first", False)),
-           "steps4_samples8": 32}
+    nfe = {k: int(info[k]["network_calls_per_spot"]) for k in settings}  # what each run recorded
     result = {
         "image": str(image), "spots": spots, "spacing_um": a.spacing_um, "checkpoint": ckpt,
         "default_sampler": {k: getattr(cfg, k) for k in ("sample_solver", "sample_steps", "sample_count",

@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     from napari_flag.data import load_sample
     from napari_flag.inference import GenePanel, encoder_for_checkpoint, predict_arrays, prepare_slide
     from napari_flag.metrics import evaluate
-    from napari_flag.model import fast_mode
+    from napari_flag.model import sampler_modes
 
     model, meta = load_model(a.checkpoint, "cpu")
     panel = GenePanel.from_checkpoint(meta)
@@ -108,8 +108,7 @@ def main(argv=None) -> int:
                                       share_first=share)
         dt = time.perf_counter() - t0
         m, s1 = score(pred), score(smp[0])
-        blend = fast_mode(rule, ns, cfg.sample_mean_like)
-        share = share and blend and ns > 1 and st > 1
+        blend, share = sampler_modes(cfg, ns, st, rule, None, share)  # what sample_expression ran
         n = nfe(solver, st, ns, blend, share)
         rows.append({"solver": solver, "steps": st, "samples": ns, "mean_rule": rule if blend else "samples",
                      "mean_like": cfg.sample_mean_like if blend else ns, "share_first": share,

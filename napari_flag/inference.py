@@ -44,7 +44,7 @@ from .features import compute_features, get_encoder
 from .features.encoders import resolve_device
 from .graph import build_spatial_graph
 from .metrics import array_rc
-from .model import calls_per_spot, fast_mode, sample_expression
+from .model import fast_mode, network_calls, sample_expression
 
 __all__ = [
     "Progress",
@@ -473,7 +473,7 @@ def iter_predict(
         "solver": str(model.cfg.sample_solver) if generative else "",
         "mean_rule": _mean_rule(model.cfg, samples) if generative else "",
         **({"temperature": float(model.cfg.sample_temperature),
-            "network_calls_per_spot": _calls_per_spot(model.cfg, steps, samples)} if generative else {}),
+            "network_calls_per_spot": network_calls(model.cfg, steps, samples)} if generative else {}),
         "seed": int(seed),
         "transform": panel.transform,
         "scale": SCALE_NAMES[panel.transform],
@@ -526,17 +526,10 @@ def _prediction_anndata(sample, slide: SlideData, panel: GenePanel, pred, sd, sm
 
 def _mean_rule(cfg, samples: int) -> str:
     """How the recorded mean was formed (see :func:`~napari_flag.model.sample_expression`)."""
-    rule = getattr(cfg, "sample_mean", "samples")
     like = int(getattr(cfg, "sample_mean_like", samples))
-    if not fast_mode(rule, samples, like):
+    if not fast_mode(getattr(cfg, "sample_mean", "samples"), samples, like):
         return "samples"
     return f"blend of {samples} imitating {like}" if samples < like else f"mean of {samples} (fast)"
-
-
-def _calls_per_spot(cfg, steps: int, samples: int) -> int:
-    like = int(getattr(cfg, "sample_mean_like", samples))
-    fast = fast_mode(getattr(cfg, "sample_mean", "samples"), samples, like)
-    return calls_per_spot(steps, cfg.sample_solver, samples, fast, bool(getattr(cfg, "sample_share_first", False)))
 
 
 def predict_sample(sample, checkpoint=None, steps: int | None = None, samples: int | None = None,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .baselines import MLPBaseline, RidgeBaseline
 from .config import FlagConfig
-from .diffusion import EDM, calls_per_spot, fast_mode, sample_expression
+from .diffusion import EDM, calls_per_spot, fast_mode, network_calls, sample_expression, sampler_modes
 from .flag import FlagModel
 
 # "flag": the full model; "no_graph"/"no_align"/"regression": its ablations;
@@ -12,4 +12,4 @@ BASELINES = {"ridge": RidgeBaseline, "mlp": MLPBaseline}
 METHODS = ("flag", "no_graph", "no_align", "regression", *BASELINES)
 
 __all__ = ["FlagConfig", "FlagModel", "EDM", "sample_expression", "calls_per_spot", "fast_mode",
-           "RidgeBaseline", "MLPBaseline", "BASELINES", "METHODS"]
+           "network_calls", "sampler_modes", "RidgeBaseline", "MLPBaseline", "BASELINES", "METHODS"]

@@ -22,7 +22,8 @@ import torch
 
 from .config import SOLVERS, FlagConfig
 
-__all__ = ["EDM", "SOLVERS", "MEAN_RULES", "sample_expression", "calls_per_spot", "fast_mode"]
+__all__ = ["EDM", "SOLVERS", "MEAN_RULES", "sample_expression", "calls_per_spot", "fast_mode",
+           "network_calls", "sampler_modes"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -304,9 +305,7 @@ def sample_expression(
             return {"mean": pred, "std": torch.zeros_like(pred), "samples": kept if return_samples else None}
 
         anti = bool(cfg.sample_antithetic if antithetic is None else antithetic) and m > 1
-        blend = fast_mode(rule, m, like)
-        share = blend and m > 1 and steps > 1 and bool(
-            getattr(cfg, "sample_share_first", False) if share_first is None else share_first)
+        blend, share = sampler_modes(cfg, m, steps, rule, like, share_first)
         tau = cfg.sample_temperature if temperature is None else float(temperature)
         edm = model.edm
         noise = _BlockNoise(generator, m, m // 2 if anti else 0, s, g, h.device, edm.sigma_max * tau)
@@ -387,6 +386,23 @@ def fast_mode(rule: str, samples: int, mean_like: int) -> bool:
     """Whether :func:`sample_expression` runs its fast mode: the blend rule with no more samples than
     the mean imitates (at ``samples == mean_like`` the blend is the samples' plain mean)."""
     return rule == "blend" and samples <= mean_like
+
+
+def sampler_modes(cfg, samples: int, steps: int, mean: str | None = None, mean_like: int | None = None,
+                  share_first: bool | None = None) -> tuple[bool, bool]:
+    """``(fast, share)``: whether :func:`sample_expression` runs its fast mode and shares the first
+    call, for ``cfg`` with these overrides (``None``: the config's)."""
+    rule = mean or getattr(cfg, "sample_mean", "samples")
+    like = int(getattr(cfg, "sample_mean_like", samples) if mean_like is None else mean_like)
+    fast = fast_mode(rule, samples, like)
+    share = fast and samples > 1 and steps > 1 and bool(
+        getattr(cfg, "sample_share_first", False) if share_first is None else share_first)
+    return fast, share
+
+
+def network_calls(cfg, steps: int, samples: int) -> int:
+    """Network evaluations per spot of :func:`sample_expression` with ``cfg``'s sampler at these counts."""
+    return calls_per_spot(steps, cfg.sample_solver, samples, *sampler_modes(cfg, samples, steps))
 
 
 def calls_per_spot(steps: int, solver: str, samples: int, fast: bool, share_first: bool = False) -> int:
