@@ -28,7 +28,12 @@ that temperature, the blend's ``mean_like`` N (grid ``--mean-likes``)
 maximises PCC + SSC of the *mean*, the default prediction (the rule
 ``--select mean`` applies to the temperature: a larger N moves the mean
 towards the posterior mean, more PCC and less spatial structure).
-``--select mean`` is that earlier rule alone.
+``--select mean`` is that earlier rule alone.  ``--select targets`` sets the
+temperature as ``split`` does and N by the two fidelity targets written as a
+validation rule: it maximises the smaller margin of the mean over
+``PCC >= PCC(regression) - 0.01`` and ``SSC >= SSC(ridge)``, with the
+regression and ridge of the same fold scored on the same validation section
+(``--methods`` must then include both; they run before the generative ones).
 
     python benchmarks/her2st_loso.py --out benchmarks/results/her2st.json
 
@@ -84,6 +89,12 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
     # the test section is prepared with the training panel but never seen by training or selection
     data = dataclasses.replace(data, val=data.val[:-1])
     res: dict = {"held_out": held, "validation": val_sec, "genes": data.genes, "methods": {}}
+    refs: dict = {}  # --select targets: the baselines' validation scores the rule compares against
+    if nested and select == "targets":
+        missing = set(TARGET_REFS) - set(methods)
+        if missing:
+            raise SystemExit(f"--select targets needs --methods to include {sorted(missing)}")
+        methods = [m for m in methods if m in TARGET_REFS] + [m for m in methods if m not in TARGET_REFS]
     for m in methods:
         cfg = base.replace(method=m, out_dir=str(Path(out_dir) / f"{held}_{m}"))
         ckpt = Path(cfg.out_dir) / ("best.pt" if nested and m not in BASELINES else "last.pt")
@@ -106,10 +117,14 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
                 model, _ = load_model(out.best_path, "cpu")
                 n_steps = int(load_checkpoint(out.best_path, map_location="cpu")["step"])
             info.write_text(json.dumps({"train_s": t_train, "steps": n_steps, "stopped_at": out.step}))
+        if nested and select == "targets" and m in TARGET_REFS:
+            refs[m] = _score_validation(model, data.val[0], data)
+            res.setdefault("validation_reference", {})[m] = refs[m]
         sel = None
         if nested and hasattr(model, "cfg") and m != "regression" and temperature is None:
-            if select == "split":
-                sel = _choose_split(model, data.val[0], data, temperatures, mean_likes)
+            if select in ("split", "targets"):
+                sel = _choose_split(model, data.val[0], data, temperatures, mean_likes,
+                                    refs if select == "targets" else None)
                 model.cfg.sample_mean_like = sel["mean_like"]
             else:
                 sel = _choose_temperature(model, data.val[0], data, temperatures, seed)
@@ -160,20 +175,42 @@ def _choose_temperature(model, val_slide, data, grid, seed) -> dict:
 
 
 SPLIT_SEEDS = (0, 1)
+# --select targets: the baselines each fidelity target names, and the PCC tolerance it allows
+TARGET_REFS = ("regression", "ridge")
+PCC_TOLERANCE = 0.01
 
 
-def _choose_split(model, val_slide, data, temperatures, mean_likes) -> dict:
+def _validation_score(x, val_slide, data, keys) -> dict:
+    from napari_flag.metrics import evaluate
+
+    met = evaluate(x, val_slide.truth, val_slide.coords, val_slide.array_rc, val_slide.grid,
+                   genes=data.genes, seed=0)
+    return {k: float(met[k]) for k in keys}
+
+
+def _score_validation(model, val_slide, data) -> dict:
+    """PCC and SSC of a (deterministic) baseline's prediction on the validation section."""
+    from napari_flag.inference import predict_arrays
+
+    return _validation_score(predict_arrays(model, val_slide, data.panel, seed=0)[0], val_slide, data,
+                             ("PCC", "SSC"))
+
+
+def target_margin(scores: dict, refs: dict) -> float:
+    """The smaller margin of a mean's validation scores over the two fidelity targets."""
+    return min(scores["PCC"] - (refs["regression"]["PCC"] - PCC_TOLERANCE), scores["SSC"] - refs["ridge"]["SSC"])
+
+
+def _choose_split(model, val_slide, data, temperatures, mean_likes, refs: dict | None = None) -> dict:
     """Temperature by one sample's GSC-CCC + SSC, then the blend's N by the mean's PCC + SSC
+    or, with ``refs`` (the baselines' validation scores), by :func:`target_margin`
     (both on the validation section, mean over two seeds)."""
     import numpy as np
 
     from napari_flag.inference import predict_arrays
-    from napari_flag.metrics import evaluate
 
     def score(x, keys):
-        met = evaluate(x, val_slide.truth, val_slide.coords, val_slide.array_rc, val_slide.grid,
-                       genes=data.genes, seed=0)
-        return {k: float(met[k]) for k in keys}
+        return _validation_score(x, val_slide, data, keys)
 
     def mean_over_seeds(fn):
         runs = [fn(sd) for sd in SPLIT_SEEDS]
@@ -191,9 +228,13 @@ def _choose_split(model, val_slide, data, temperatures, mean_likes) -> dict:
     for n in mean_likes:
         mean_scores[str(n)] = mean_over_seeds(lambda sd: score(
             predict_arrays(model, val_slide, data.panel, seed=sd, mean_like=int(n))[0], ("PCC", "SSC", "GSC-CCC")))
-    like = max(mean_likes, key=lambda n: mean_scores[str(n)]["PCC"] + mean_scores[str(n)]["SSC"])
-    return {"chosen": float(tau), "mean_like": int(like), "rule": "split", "seeds": list(SPLIT_SEEDS),
-            "validation": {"sample": sample_scores, "mean": mean_scores}}
+    if refs is None:
+        like = max(mean_likes, key=lambda n: mean_scores[str(n)]["PCC"] + mean_scores[str(n)]["SSC"])
+    else:
+        like = max(mean_likes, key=lambda n: target_margin(mean_scores[str(n)], refs))
+    return {"chosen": float(tau), "mean_like": int(like), "rule": "split" if refs is None else "targets",
+            "seeds": list(SPLIT_SEEDS), "validation": {"sample": sample_scores, "mean": mean_scores},
+            **({"references": refs} if refs is not None else {})}
 
 
 def main(argv=None) -> int:
@@ -211,10 +252,10 @@ def main(argv=None) -> int:
                     help="hold out a validation section per fold: early stopping and temperature chosen on it")
     ap.add_argument("--temperatures", type=float, nargs="+", default=[0.5, 0.7, 1.0],
                     help="--nested: temperature grid scored on the validation section")
-    ap.add_argument("--select", choices=["split", "mean"], default="split",
+    ap.add_argument("--select", choices=["split", "mean", "targets"], default="split",
                     help="--nested: how the sampler is set on the validation section (see the module docstring)")
     ap.add_argument("--mean-likes", type=int, nargs="+", default=[2, 3, 4, 6, 8, 12, 16, 32],
-                    help="--nested --select split: grid of the blend's mean_like")
+                    help="--nested --select split/targets: grid of the blend's mean_like")
     ap.add_argument("--val-every", type=int, default=100, help="--nested: steps between validations")
     ap.add_argument("--patience", type=int, default=4, help="--nested: validations without improvement")
     ap.add_argument("overrides", nargs="*", help="TrainConfig key=value overrides (model.width=64 ...)")

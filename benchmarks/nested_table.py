@@ -11,13 +11,17 @@ at least 0.85 and SSC at least 0.40.  Ridge and regression are read from the
 ``--baselines`` label (default ``baselines``) and, when given, ``--reference``
 (the standard harness, four training sections); a run that trained its own
 regression is held to that one.  Runs are compared by the default prediction's
-validation PCC + SSC at the sampler each fold chose (mean over folds).
+validation PCC + SSC at the sampler each fold chose (mean over folds); a
+``--select targets`` run also lists, per fold, the smaller margin of its chosen
+mean over the two targets on the validation section.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from her2st_loso import target_margin
 
 KEYS = ["PCC", "PCC-50", "MSE", "GSC", "GSC-CCC", "SSC", "ARI", "NMI", "DEG"]
 
@@ -71,6 +75,14 @@ def main(argv=None) -> int:
             ssc = sum(v["SSC"] for v in vals) / len(vals)
             print(f"| {label} ({len(vals)} folds) | {pcc:.3f} | {ssc:.3f} | {pcc + ssc:.3f} |")
     print()
+    for label, r in res.items():  # --select targets: how far the chosen mean cleared the targets on validation
+        margins = [(s["held_out"], target_margin(t["validation"]["mean"][str(t["mean_like"])], t["references"]))
+                   for s in r.get("selection", [])
+                   if "references" in (t := (s.get("flag") or {}).get("temperature", {}))]
+        if margins:
+            print(f"{label}: smaller validation margin over the two targets, per fold: "
+                  + ", ".join(f"{h} {m:+.3f}" for h, m in margins))
+            print()
     base = res.get(a.baselines, {}).get("methods", {})
     ref = {}
     if a.reference:
@@ -87,7 +99,9 @@ def main(argv=None) -> int:
             continue
         f, s = r["methods"]["flag"], r["methods"].get("flag_sample")
         ssc = f["SSC"]["mean"]
-        c1 = "; ".join(f"{ssc:.3f} vs {v:.3f} ({n}): {'yes' if ssc >= v else 'no'}" for n, v in ridge_ssc) or "-"
+        own = [("own ridge", r["methods"]["ridge"]["SSC"]["mean"])] if "ridge" in r["methods"] else []
+        refs = own + [x for x in ridge_ssc if not (own and x[0] == "nested ridge")]  # same run first
+        c1 = "; ".join(f"{ssc:.3f} vs {v:.3f} ({n}): {'yes' if ssc >= v else 'no'}" for n, v in refs) or "-"
         reg = r["methods"]["regression"]["PCC"]["mean"] if "regression" in r["methods"] else reg_pcc  # same run first
         c2 = (f"{f['PCC']['mean']:.3f} vs {reg:.3f}: {'yes' if f['PCC']['mean'] >= reg - 0.01 else 'no'}"
               if reg is not None else "-")
