@@ -157,14 +157,14 @@ def test_sample_contract(toy):
 
 def test_blend_mean(toy):
     """The fast mode's mean: posterior-mean estimate from the first call + scaled sample deviation
-    (imitating 6 samples here; the default imitates 2, the samples' plain mean)."""
+    (imitating 6 samples, the default; N = 2 is the samples' plain mean)."""
     torch.manual_seed(0)
     m = FlagModel(tiny(sample_mean_like=6, sample_share_first=False), G, D)
     _train(m, toy, steps=10)
     h = m.encode_slide(toy["feats"], toy["graph"]).detach()
     d = FlagConfig()
     assert (d.sample_count, d.sample_steps, d.sample_mean, d.sample_mean_like, d.sample_share_first) == \
-        (2, 4, "blend", 2, True)
+        (2, 4, "blend", 6, True)
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
 
     rows = []
@@ -205,7 +205,7 @@ def test_blend_mean(toy):
     # as many samples as it imitates or more -> the plain mean; one sample -> zero std
     full = sample_expression(m, h, samples=8, return_samples=True, generator=gen())
     torch.testing.assert_close(full["mean"], full["samples"].mean(0))
-    even = sample_expression(m, h, mean_like=2, return_samples=True, generator=gen())  # the default's fast mean
+    even = sample_expression(m, h, mean_like=2, return_samples=True, generator=gen())  # N = 2: the plain mean
     torch.testing.assert_close(even["samples"], out["samples"])
     torch.testing.assert_close(even["mean"], even["samples"].mean(0))
     torch.testing.assert_close(even["std"], out["std"])

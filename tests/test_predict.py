@@ -79,7 +79,7 @@ def test_iter_predict_events_and_result(ckpt, c2):
     np.testing.assert_allclose(a.layers["truth"], panel_matrix(c2.adata, ck["genes"], "log2p1"), rtol=1e-6)
     info = a.uns["flag"]
     assert info["checkpoint"] == str(ckpt) and info["steps"] == 3 and info["samples"] == 2
-    assert info["mean_rule"] == "mean of 2 (fast)" and info["temperature"] == 0.7
+    assert info["mean_rule"] == "blend of 2 imitating 6" and info["temperature"] == 0.7
     assert info["network_calls_per_spot"] == 1 + 2 * 1  # 3 steps: the shared first call, then one each
     assert info["transform"] == "log2p1" and info["sample_id"] == "C2"
     assert info["encoder"] == "efficientnet_lite0" and info["version"] and info["method"] == "flag"
