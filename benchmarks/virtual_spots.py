@@ -60,10 +60,12 @@ def _slide(section: str, measured, work: Path) -> Path:
     return write_ome_tiff(arr, path, pixel_size_um=float(measured.pixel_size_um))
 
 
-def _model(section: str, runs: Path, work: Path) -> Path:
-    """A copy of Ck's fold model with its training slides and spot geometry recorded."""
+def _model(section: str, runs: Path, work: Path, sampler: list[str] = ()) -> Path:
+    """A copy of Ck's fold model with its training slides and spot geometry recorded, and the
+    sampler settings ``sampler`` (``key=value``, as ``scripts/set_sampler.py`` takes them)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
     import record_training_geometry
+    import set_sampler
 
     from napari_flag.checkpoint import load_checkpoint
 
@@ -72,6 +74,8 @@ def _model(section: str, runs: Path, work: Path) -> Path:
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(runs / f"{section}_flag" / "last.pt", dst)
         assert record_training_geometry.main([str(dst)]) == 0
+    if sampler:  # set on every run: a copy left by an earlier run may carry other settings
+        assert set_sampler.main([str(dst), *sampler]) == 0
     return dst
 
 
@@ -115,7 +119,8 @@ def _virtual(path: Path, measured, truth, genes, kw: dict, spacing_um: float | N
     }
 
 
-def run_section(section: str, runs: Path, work: Path, seed: int, spacings: list[float]) -> dict:
+def run_section(section: str, runs: Path, work: Path, seed: int, spacings: list[float],
+                sampler: list[str] = ()) -> dict:
     import dataclasses
 
     import numpy as np
@@ -128,7 +133,7 @@ def run_section(section: str, runs: Path, work: Path, seed: int, spacings: list[
 
     measured = load_sample(f"her2st:{section}")
     path = _slide(section, measured, work)
-    ckpt = _model(section, runs, work)
+    ckpt = _model(section, runs, work, sampler)
     img, px_file = open_tiff(path)
     assert abs(px_file - measured.pixel_size_um) < 1e-9 * measured.pixel_size_um
     spot_sample = dataclasses.replace(measured, image=img, source=str(path))
@@ -172,6 +177,8 @@ def main(argv=None) -> int:
                     help="virtual pitches to run besides the default (--spacing-um of predict)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--sampler", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="sampler settings for the fold models (e.g. the bundled recipe's sample_mean_like)")
     a = ap.parse_args(argv)
 
     import numpy as np
@@ -180,7 +187,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     work = Path(a.work)
     t0 = time.time()
-    per = [run_section(s, Path(a.runs), work, a.seed, a.spacings_um) for s in a.sections]
+    per = [run_section(s, Path(a.runs), work, a.seed, a.spacings_um, a.sampler) for s in a.sections]
     mean: dict = {"spot_mode": {k: float(np.mean([p["spot_mode"][k] for p in per])) for k in KEYS}, "virtual": {}}
     for key in per[0]["virtual"]:
         vs = [p["virtual"][key] for p in per]
