@@ -71,8 +71,9 @@ def main(argv=None) -> int:
         for name, extra in settings.items():
             times[name].append(run(extra, tmp / f"{name}.h5ad"))
             print(f"{name:16s} {times[name][-1]:7.2f} s", flush=True)
-    spots = int(ad.read_h5ad(tmp / "default.h5ad").n_obs)
-    info = {k: ad.read_h5ad(tmp / f"{k}.h5ad").uns["flag"] for k in settings}
+    outs = {k: ad.read_h5ad(tmp / f"{k}.h5ad") for k in settings}
+    spots = int(outs["default"].n_obs)
+    info = {k: o.uns["flag"] for k, o in outs.items()}
     best = {k: min(v) for k, v in times.items()}
     nfe = {k: int(info[k]["network_calls_per_spot"]) for k in settings}  # what each run recorded
     result = {

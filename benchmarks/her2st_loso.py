@@ -117,8 +117,9 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
                 model, _ = load_model(out.best_path, "cpu")
                 n_steps = int(load_checkpoint(out.best_path, map_location="cpu")["step"])
             info.write_text(json.dumps({"train_s": t_train, "steps": n_steps, "stopped_at": out.step}))
-        if nested and select == "targets" and m in TARGET_REFS:
-            refs[m] = _score_validation(model, data.val[0], data)
+        if nested and select == "targets" and m in TARGET_REFS:  # deterministic baselines: one seed
+            refs[m] = _validation_score(predict_arrays(model, data.val[0], data.panel, seed=0)[0], data.val[0],
+                                        data, ("PCC", "SSC"))
             res.setdefault("validation_reference", {})[m] = refs[m]
         sel = None
         if nested and hasattr(model, "cfg") and m != "regression" and temperature is None:
@@ -181,19 +182,12 @@ PCC_TOLERANCE = 0.01
 
 
 def _validation_score(x, val_slide, data, keys) -> dict:
+    """``keys`` of the metrics of prediction ``x`` on the validation section."""
     from napari_flag.metrics import evaluate
 
     met = evaluate(x, val_slide.truth, val_slide.coords, val_slide.array_rc, val_slide.grid,
                    genes=data.genes, seed=0)
     return {k: float(met[k]) for k in keys}
-
-
-def _score_validation(model, val_slide, data) -> dict:
-    """PCC and SSC of a (deterministic) baseline's prediction on the validation section."""
-    from napari_flag.inference import predict_arrays
-
-    return _validation_score(predict_arrays(model, val_slide, data.panel, seed=0)[0], val_slide, data,
-                             ("PCC", "SSC"))
 
 
 def target_margin(scores: dict, refs: dict) -> float:
@@ -209,9 +203,6 @@ def _choose_split(model, val_slide, data, temperatures, mean_likes, refs: dict |
 
     from napari_flag.inference import predict_arrays
 
-    def score(x, keys):
-        return _validation_score(x, val_slide, data, keys)
-
     def mean_over_seeds(fn):
         runs = [fn(sd) for sd in SPLIT_SEEDS]
         return {k: float(np.mean([r[k] for r in runs])) for k in runs[0]}
@@ -219,15 +210,16 @@ def _choose_split(model, val_slide, data, temperatures, mean_likes, refs: dict |
     sample_scores = {}
     for t in temperatures:
         model.cfg.sample_temperature = float(t)
-        sample_scores[str(t)] = mean_over_seeds(lambda sd: score(
+        sample_scores[str(t)] = mean_over_seeds(lambda sd: _validation_score(
             predict_arrays(model, val_slide, data.panel, seed=sd, return_samples=True, keep_samples=1)[2][0],
-            ("GSC-CCC", "SSC", "PCC")))
+            val_slide, data, ("GSC-CCC", "SSC", "PCC")))
     tau = max(temperatures, key=lambda t: sample_scores[str(t)]["GSC-CCC"] + sample_scores[str(t)]["SSC"])
     model.cfg.sample_temperature = float(tau)
     mean_scores = {}
     for n in mean_likes:
-        mean_scores[str(n)] = mean_over_seeds(lambda sd: score(
-            predict_arrays(model, val_slide, data.panel, seed=sd, mean_like=int(n))[0], ("PCC", "SSC", "GSC-CCC")))
+        mean_scores[str(n)] = mean_over_seeds(lambda sd: _validation_score(
+            predict_arrays(model, val_slide, data.panel, seed=sd, mean_like=int(n))[0], val_slide, data,
+            ("PCC", "SSC", "GSC-CCC")))
     if refs is None:
         like = max(mean_likes, key=lambda n: mean_scores[str(n)]["PCC"] + mean_scores[str(n)]["SSC"])
     else:

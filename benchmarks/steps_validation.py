@@ -62,10 +62,13 @@ def main(argv=None) -> int:
 
         folds[held] = {"validation": val}
         for st in a.steps:
-            runs = [predict_arrays(model, sl, data.panel, steps=st, seed=sd, return_samples=True, keep_samples=1)
-                    for sd in (0, 1)]
-            folds[held][str(st)] = {part: {k: float(np.mean([score(r[i] if i == 0 else r[2][0])[k] for r in runs]))
-                                           for k in KEYS} for part, i in (("mean", 0), ("sample", 2))}
+            scored = []  # (mean, one sample) scores of each seed
+            for sd in (0, 1):
+                pred, _, smp = predict_arrays(model, sl, data.panel, steps=st, seed=sd, return_samples=True,
+                                              keep_samples=1)
+                scored.append((score(pred), score(smp[0])))
+            folds[held][str(st)] = {part: {k: float(np.mean([r[i][k] for r in scored])) for k in KEYS}
+                                    for i, part in enumerate(("mean", "sample"))}
             print(held, val, st, folds[held][str(st)], flush=True)
     means = {str(st): {part: {k: float(np.mean([folds[h][str(st)][part][k] for h in SECTIONS])) for k in KEYS}
                        for part in ("mean", "sample")} for st in a.steps}

@@ -69,13 +69,14 @@ def _model(section: str, runs: Path, work: Path, sampler: list[str] = ()) -> Pat
 
     from napari_flag.checkpoint import load_checkpoint
 
-    dst = work / "models" / f"{section}_flag.pt"
+    # one copy per sampler setting, so a copy made for other settings is never picked up
+    dst = work / "models" / ("_".join([f"{section}_flag", *sampler]).replace("=", "-") + ".pt")
     if not (dst.is_file() and load_checkpoint(dst).get("spot_geometry")):
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(runs / f"{section}_flag" / "last.pt", dst)
         assert record_training_geometry.main([str(dst)]) == 0
-    if sampler:  # set on every run: a copy left by an earlier run may carry other settings
-        assert set_sampler.main([str(dst), *sampler]) == 0
+        if sampler:
+            assert set_sampler.main([str(dst), *sampler]) == 0
     return dst
 
 

@@ -44,7 +44,7 @@ from .features import compute_features, get_encoder
 from .features.encoders import resolve_device
 from .graph import build_spatial_graph
 from .metrics import array_rc
-from .model import fast_mode, network_calls, sample_expression
+from .model import network_calls, sample_expression, sampler_modes
 
 __all__ = [
     "Progress",
@@ -471,7 +471,7 @@ def iter_predict(
         "steps": int(steps),
         "samples": int(samples),
         "solver": str(model.cfg.sample_solver) if generative else "",
-        "mean_rule": _mean_rule(model.cfg, samples) if generative else "",
+        "mean_rule": _mean_rule(model.cfg, steps, samples) if generative else "",
         **({"temperature": float(model.cfg.sample_temperature),
             "network_calls_per_spot": network_calls(model.cfg, steps, samples)} if generative else {}),
         "seed": int(seed),
@@ -524,11 +524,11 @@ def _prediction_anndata(sample, slide: SlideData, panel: GenePanel, pred, sd, sm
     return out
 
 
-def _mean_rule(cfg, samples: int) -> str:
+def _mean_rule(cfg, steps: int, samples: int) -> str:
     """How the recorded mean was formed (see :func:`~napari_flag.model.sample_expression`)."""
-    like = int(getattr(cfg, "sample_mean_like", samples))
-    if not fast_mode(getattr(cfg, "sample_mean", "samples"), samples, like):
+    if not sampler_modes(cfg, samples, steps)[0]:
         return "samples"
+    like = int(cfg.sample_mean_like)
     return f"blend of {samples} imitating {like}" if samples < like else f"mean of {samples} (fast)"
 
 
