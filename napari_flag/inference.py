@@ -33,7 +33,7 @@ import torch
 from . import __version__
 from ._io import atomic_path
 from . import checkpoint as _checkpoint
-from .checkpoint import NO_DEFAULT_MODEL, load_model
+from .checkpoint import NO_DEFAULT_MODEL, start_model_load
 from .compat import check_compatibility, raise_for_errors
 from .data import load_sample, with_pixel_size
 from .data.h5ad import scanpy_spatial
@@ -430,11 +430,19 @@ def iter_predict(
         why = sample.metadata.get("image_problem")
         raise FlagInputError(why or f"{sample.source or sample.sample_id}: no H&E image; prediction needs one")
 
-    yield Progress("loading model", 0, 1)
     dev = resolve_device(device)
-    model, meta = load_model(ckpt_path, dev)
+    building, meta = start_model_load(ckpt_path, dev)  # the network builds while the slide is prepared
+    try:
+        yield from _predict_prepared(sample, building, meta, ckpt_path, dev, steps, samples, seed, feature_cache,
+                                     keep_sample, spacing_um)
+    finally:
+        building.join()  # a cancelled run leaves no thread behind
+
+
+def _predict_prepared(sample, building, meta, ckpt_path, dev, steps, samples, seed, feature_cache, keep_sample,
+                      spacing_um):
+    """:func:`iter_predict` once the sample is loaded and its model is being built (``building``)."""
     panel = GenePanel.from_checkpoint(meta)
-    yield Progress("loading model", 1, 1)
     if sample.n_spots == 0:
         yield Progress("tissue", 0, 1)
         sample = spots_for(sample, meta, spacing_um)
@@ -451,6 +459,10 @@ def iter_predict(
     yield Progress("graph", 0, 1)
     slide = prepare_slide(sample, encoder, meta.get("graph"), panel, feats=feats)
     yield Progress("graph", 1, 1)
+    if not building.done():
+        yield Progress("loading model", 0, 1)
+    model = building.result()
+    yield Progress("loading model", 1, 1)
 
     generative = isinstance(model, torch.nn.Module) and model.cfg.mode == "diffusion"
     if isinstance(model, torch.nn.Module):

@@ -115,6 +115,16 @@ def test_cancel_between_events_stops_cleanly(ckpt, c2):
     assert not [t for t in threading.enumerate() if t.name.startswith("napari-flag")]
 
 
+def test_cancel_before_the_model_is_built_leaves_no_thread(ckpt, c2):
+    from napari_flag.inference import iter_predict
+
+    gen = iter_predict(c2, checkpoint=ckpt, device="cpu", feature_cache=str(FEATURE_DIR))
+    first = next(gen)  # the model may still be building on its helper thread
+    assert first.stage != "sampling"
+    gen.close()
+    assert not [t for t in threading.enumerate() if t.name.startswith("napari-flag")]
+
+
 def test_missing_panel_genes_give_nan_truth(ckpt, c2, tmp_path):
     from napari_flag.checkpoint import load_checkpoint
 
@@ -160,7 +170,7 @@ def test_default_checkpoint_path():
 
 
 def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path):
-    from napari_flag.checkpoint import load_checkpoint, load_model
+    from napari_flag.checkpoint import load_checkpoint, load_model, start_model_load
 
     cases = {}
     (tmp_path / "garbage.pt").write_bytes(b"not a checkpoint at all")
@@ -182,6 +192,10 @@ def test_bad_checkpoints_are_one_line_errors(ckpt, tmp_path):
     with pytest.raises(FlagInputError, match="does not fit") as ei:
         load_model(tmp_path / "mismatch.pt")
     assert "mismatch.pt" in str(ei.value) and "\n" not in str(ei.value)
+    building, meta = start_model_load(tmp_path / "mismatch.pt")  # built on a helper thread: same error, later
+    assert meta.genes == ck["genes"]
+    with pytest.raises(FlagInputError, match="does not fit.*mismatch.pt|mismatch.pt.*does not fit"):
+        building.result()
     with pytest.raises(FlagInputError, match="not found"):
         load_checkpoint(tmp_path / "absent.pt")
 

@@ -123,9 +123,9 @@ class TissueMask:
 
 def _saturation(rgb: np.ndarray) -> np.ndarray:
     """HSV saturation in [0, 1], zero where a pixel is too dark to tell colour."""
-    a = rgb.astype(np.float32) / 255.0
-    mx = a.max(axis=2)
-    mn = a.min(axis=2)
+    r, g, b = (rgb[..., i] for i in range(3))  # pairwise max/min: a reduction over a length-3 axis is slow
+    mx = np.maximum(np.maximum(r, g), b).astype(np.float32) / 255.0
+    mn = np.minimum(np.minimum(r, g), b).astype(np.float32) / 255.0
     s = np.where(mx > _DARK, (mx - mn) / np.maximum(mx, 1e-6), 0.0)
     return s.astype(np.float32)
 
