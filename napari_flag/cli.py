@@ -7,6 +7,8 @@ are reported as one line, ``napari-flag: error: <message>``, with exit status
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gc
 import json
 import os
 import sys
@@ -565,15 +567,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``napari-flag``; ``argv=None``: this process's command line (see :func:`_ends_process`)."""
     args = build_parser().parse_args(argv)
-    return _guard(args.func, args)
+    with _ends_process(argv is None and args.func is not _cmd_demo):
+        return _guard(args.func, args)
 
 
 def train_main(argv: Sequence[str] | None = None) -> int:
+    """``napari-flag-train``; ``argv=None`` as in :func:`main`."""
     parser = _Parser(prog="napari-flag-train", description="Train FLAG or a baseline from a YAML config.")
     _add_train_args(parser)
     args = parser.parse_args(argv)
-    return _guard(_cmd_train, args)
+    with _ends_process(argv is None):
+        return _guard(_cmd_train, args)
+
+
+@contextlib.contextmanager
+def _ends_process(ends: bool):
+    """When the process ends with this command, freeze what is left for the garbage collector.
+
+    Tearing down torch, torch_geometric (torch._dynamo, sympy) and anndata
+    otherwise spends about a second collecting garbage after the command is
+    done (1.1-1.3 s after ``predict`` on a 2-core CPU; 0.2 s frozen).  Nothing
+    of the command's output depends on it: files are written, closed and
+    renamed before.  Called with ``argv`` (tests, scripts), nothing changes.
+    """
+    try:
+        yield
+    finally:
+        if ends:
+            gc.freeze()
 
 
 if __name__ == "__main__":  # pragma: no cover
