@@ -76,6 +76,7 @@ def main(argv=None) -> int:
     spots = int(outs["default"].n_obs)
     info = {k: o.uns["flag"] for k, o in outs.items()}
     best = {k: min(v) for k, v in times.items()}
+    pairs = [o / n for o, n in zip(times["steps4_samples8"], times["default"])]
     nfe = {k: int(info[k]["network_calls_per_spot"]) for k in settings}  # what each run recorded
     result = {
         "image": str(image), "spots": spots, "spacing_um": a.spacing_um, "checkpoint": ckpt,
@@ -86,8 +87,8 @@ def main(argv=None) -> int:
                      "steps": int(info[k]["steps"]), "samples": int(info[k]["samples"])} for k in settings},
         "warmup_s": warm,
         "speedup_best": best["steps4_samples8"] / best["default"],
-        "speedup_per_pair": [o / n for o, n in zip(times["steps4_samples8"], times["default"])],
-        "speedup_median_pair": statistics.median(o / n for o, n in zip(times["steps4_samples8"], times["default"])),
+        "speedup_per_pair": pairs,
+        "speedup_median_pair": statistics.median(pairs),
         "command": command(argv), "machine": machine(f"{a.threads} threads (OMP_NUM_THREADS)"),
     }
     write_json(result, a.out)

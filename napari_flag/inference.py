@@ -433,35 +433,28 @@ def iter_predict(
     dev = resolve_device(device)
     building, meta = start_model_load(ckpt_path, dev)  # the network builds while the slide is prepared
     try:
-        yield from _predict_prepared(sample, building, meta, ckpt_path, dev, steps, samples, seed, feature_cache,
-                                     keep_sample, spacing_um)
+        panel = GenePanel.from_checkpoint(meta)
+        if sample.n_spots == 0:
+            yield Progress("tissue", 0, 1)
+            sample = spots_for(sample, meta, spacing_um)
+            yield Progress("tissue", 1, 1)
+        issues = _compatibility(sample, meta, panel)
+        for issue in issues:  # warnings first, so a slide that also fails says everything wrong with it
+            if not issue.is_error:
+                yield Notice(issue.code, issue.message)
+        raise_for_errors(issues, sample.source or sample.sample_id)
+        encoder = encoder_for_checkpoint(meta, dev)
+
+        feats = yield from _staged("features", lambda cb: compute_features(sample, encoder, cache=feature_cache,
+                                                                            progress=cb))
+        yield Progress("graph", 0, 1)
+        slide = prepare_slide(sample, encoder, meta.get("graph"), panel, feats=feats)
+        yield Progress("graph", 1, 1)
+        if not building.done():
+            yield Progress("loading model", 0, 1)
+        model = building.result()
     finally:
-        building.join()  # a cancelled run leaves no thread behind
-
-
-def _predict_prepared(sample, building, meta, ckpt_path, dev, steps, samples, seed, feature_cache, keep_sample,
-                      spacing_um):
-    """:func:`iter_predict` once the sample is loaded and its model is being built (``building``)."""
-    panel = GenePanel.from_checkpoint(meta)
-    if sample.n_spots == 0:
-        yield Progress("tissue", 0, 1)
-        sample = spots_for(sample, meta, spacing_um)
-        yield Progress("tissue", 1, 1)
-    issues = _compatibility(sample, meta, panel)
-    for issue in issues:  # warnings first, so a slide that also fails says everything wrong with it
-        if not issue.is_error:
-            yield Notice(issue.code, issue.message)
-    raise_for_errors(issues, sample.source or sample.sample_id)
-    encoder = encoder_for_checkpoint(meta, dev)
-
-    feats = yield from _staged("features", lambda cb: compute_features(sample, encoder, cache=feature_cache,
-                                                                        progress=cb))
-    yield Progress("graph", 0, 1)
-    slide = prepare_slide(sample, encoder, meta.get("graph"), panel, feats=feats)
-    yield Progress("graph", 1, 1)
-    if not building.done():
-        yield Progress("loading model", 0, 1)
-    model = building.result()
+        building.join()  # a cancelled or failed run leaves no thread behind
     yield Progress("loading model", 1, 1)
 
     generative = isinstance(model, torch.nn.Module) and model.cfg.mode == "diffusion"
