@@ -1,7 +1,7 @@
-"""Whole-slide streaming: a routine H&E prediction reads level 0 only one patch window at a time.
+"""Whole-slide streaming: a routine H&E prediction reads level 0 only one stored tile at a time.
 
 Level 0 of a whole-slide image is gigabytes, so the only reads it may see are
-the patches of the spots (one window each, in batches); tissue detection and
+the tiles under the spots' patches (each decoded once, in batches); tissue detection and
 the scanpy image read coarse levels; a second run with the feature cache does
 not touch level 0 at all.  Levels are wrapped in read recorders, so a change
 that reads a whole level (or a stripe of it) fails here before it fails on a
@@ -11,7 +11,6 @@ with the bundled model's patch geometry, so the test costs reading, not a CNN.
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -53,11 +52,15 @@ class _Recorded:
     def __init__(self, arr):
         self._arr = arr
         self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+        self.chunks = arr.chunks  # the stored tiles: patch reading decodes each once
         self.windows: list[tuple[int, int]] = []
+        self.origins: list[tuple[int, int]] = []
 
     def __getitem__(self, key):
         out = np.asarray(self._arr[key])
         self.windows.append(tuple(out.shape[:2]))
+        if isinstance(key, tuple) and all(isinstance(k, slice) for k in key[:2]):
+            self.origins.append((key[0].start or 0, key[1].start or 0))
         return out
 
 
@@ -79,14 +82,21 @@ def test_routine_prediction_reads_level0_patch_by_patch(her2st_slide, tmp_path, 
     n = out.n_obs
     views = [v / out.uns["flag"]["pixel_size_um"] for v in _ColourMeans(load_model()[1]).views_um]
     lv0 = levels[0].windows
-    # one window per spot and view (the patch, and the context patch when the model has one),
-    # each no larger than its view (plus the pixel the sub-pixel offset needs)
-    assert len(lv0) == n * len(views) and max(h * w for h, w in lv0) <= (math.ceil(max(views)) + 1) ** 2
+    # level 0 is read one stored tile at a time, each tile once, and only tiles under the
+    # spots' views (the patch, and the context patch when the model has one)
+    th, tw = (int(c) for c in levels[0].chunks[:2])
+    assert lv0 and all(h <= th and w <= tw for h, w in lv0)
+    assert len(set(levels[0].origins)) == len(levels[0].origins) == len(lv0)
+    reach = max(views) / 2 + max(th, tw) * 1.5
+    xy = out.obsm["spatial"]
+    for y0, x0 in levels[0].origins:
+        assert np.hypot(xy[:, 0] - (x0 + tw / 2), xy[:, 1] - (y0 + th / 2)).min() <= reach
+    assert len(lv0) < n * len(views)  # fewer reads than the one window per spot and view of before
     # tissue (about 8 um/px) and the scanpy image came from coarser levels
     assert out.uns["flag"]["tissue"]["level"] > 0 and sum(len(lv.windows) for lv in levels[1:]) > 0
-    # features in batches, with progress all the way to every patch of every spot
+    # features in batches, with progress all the way to every spot
     feats = [e for e in events if isinstance(e, Progress) and e.stage == "features"]
-    assert len(feats) > 2 and feats[-1].done == feats[-1].total == n * len(views)
+    assert len(feats) > 2 and feats[-1].done == feats[-1].total == n
 
     # the same slide again: features come from the cache, level 0 is not read at all
     sample, levels = _recorded(load_sample(path))

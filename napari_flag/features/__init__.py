@@ -6,7 +6,9 @@ encoded before.
 """
 from __future__ import annotations
 
+import time
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
@@ -22,7 +24,8 @@ from .encoders import (
     get_encoder,
     resolve_device,
 )
-from .patches import extract_patches, patch_side_px
+from .patches import extract_patches, patch_side_px, read_views, reading_order
+from .tiles import tile_cached
 
 __all__ = [
     "Encoder",
@@ -39,16 +42,22 @@ __all__ = [
 ]
 
 
-def compute_features(sample, encoder: Encoder | str | None = None, batch_size: int = 32,
+def compute_features(sample, encoder: Encoder | str | None = None, batch_size: int = 16,
                      cache: bool | str | Path = True,
-                     progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                     progress: Callable[[int, int], None] | None = None,
+                     stats: dict | None = None) -> np.ndarray:
     """``float32 (n_spots, encoder.dim)`` features of the patches around every spot.
 
     ``encoder``: an :class:`Encoder`, a name for :func:`get_encoder`, or ``None``
     for the built-in one.  ``cache``: ``True`` for the default folder
     (:func:`feature_cache_dir`), a folder path, or ``False`` to neither read nor
-    write.  ``progress(done, total)`` is called after every batch; raising from it
-    (e.g. :class:`~napari_flag.errors.FlagCancelled`) aborts without writing.
+    write.  ``batch_size`` spots are read at a time (every view of them), ahead of
+    the encoder in a helper thread.  ``progress(done, total)`` counts spots and is
+    called after every batch; raising from it (e.g.
+    :class:`~napari_flag.errors.FlagCancelled`) aborts without writing.  ``stats``
+    (a dict) receives where the time went: ``read_cpu_s`` (the reader thread's
+    CPU seconds: tile decoding and resampling), ``encode_wall_s`` and
+    ``tiles_decoded``.
     """
     if encoder is None or isinstance(encoder, str):
         encoder = get_encoder(encoder or DEFAULT_ENCODER)
@@ -68,19 +77,7 @@ def compute_features(sample, encoder: Encoder | str | None = None, batch_size: i
             if progress is not None:
                 progress(n, n)
             return hit
-    feats = np.empty(shape, dtype=np.float32)
-    views = getattr(encoder, "views_um", [encoder.patch_um])
-    width, total, done = shape[1] // len(views), n * len(views), 0
-    if progress is not None:
-        progress(0, total)
-    for v, side_um in enumerate(views):  # the spot's patch, then (with context) a wider one
-        row = 0
-        for batch in extract_patches(sample, None, side_um, encoder.patch_px, batch_size):
-            feats[row : row + len(batch), v * width : (v + 1) * width] = encoder.encode(batch)
-            row += len(batch)
-            done += len(batch)
-            if progress is not None:
-                progress(done, total)
+    feats = _encode_spots(sample, encoder, side, batch_size, progress, stats if stats is not None else {})
     if root is not None:
         attrs = {
             "sample_id": str(sample.sample_id),
@@ -98,3 +95,58 @@ def compute_features(sample, encoder: Encoder | str | None = None, batch_size: i
         except OSError as exc:  # an unwritable cache must not lose a finished computation
             warnings.warn(f"feature cache not written to {root}: {exc}", RuntimeWarning, stacklevel=2)
     return feats
+
+
+def _encode_spots(sample, encoder: Encoder, side_px: float, batch_size: int,
+                  progress: Callable[[int, int], None] | None, stats: dict) -> np.ndarray:
+    """Every view of every spot through the encoder; patches are read ahead in a helper thread.
+
+    Spots are read in bands (:func:`reading_order`) from a tile-cached copy of
+    the image, so each stored tile is decoded once; the features land in the
+    spots' own rows.
+    """
+    from .._alloc import keep_buffers_mapped
+    from .._prefetch import prefetch
+
+    if encoder.device.type == "cpu":
+        keep_buffers_mapped()
+    n = sample.n_spots
+    views = getattr(encoder, "views_um", [encoder.patch_um])
+    width = int(encoder.dim) // len(views)
+    feats = np.empty((n, width * len(views)), dtype=np.float32)
+    # a band is as high as the widest view: consecutive bands share its tiles
+    order = reading_order(sample, side_px * max(views) / float(encoder.patch_um))
+    cached = replace(sample, image=tile_cached(sample.image))
+    done = 0
+    if progress is not None:
+        progress(0, n)
+    stats.update(read_cpu_s=0.0, encode_wall_s=0.0, tiles_decoded=0)
+    batches = prefetch(_thread_timed(read_views(cached, order, views, encoder.patch_px, batch_size), stats),
+                       depth=3)
+    try:
+        for idx, patches in batches:
+            t0 = time.perf_counter()
+            for v, batch in enumerate(patches):
+                feats[idx, v * width : (v + 1) * width] = encoder.encode(batch)
+            stats["encode_wall_s"] += time.perf_counter() - t0
+            done += len(idx)
+            if progress is not None:
+                progress(done, n)
+    finally:
+        batches.close()  # a cancel stops and joins the reader
+        stats["tiles_decoded"] = sum(getattr(lv, "decoded", 0) for lv in cached.image.levels)
+    return feats
+
+
+def _thread_timed(items, stats: dict):
+    """``items``, adding the CPU seconds of the thread that draws them to ``stats["read_cpu_s"]``."""
+    it = iter(items)
+    while True:
+        t0 = time.thread_time()
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        finally:
+            stats["read_cpu_s"] += time.thread_time() - t0
+        yield item

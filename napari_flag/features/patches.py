@@ -7,7 +7,7 @@ import numpy as np
 
 from ..errors import FlagInputError
 
-__all__ = ["patch_side_px", "extract_patches"]
+__all__ = ["patch_side_px", "extract_patches", "reading_order", "read_views"]
 
 
 def patch_side_px(sample, patch_um: float = 112.0) -> float:
@@ -49,3 +49,31 @@ def extract_patches(sample, centres_idx: Sequence[int] | np.ndarray | None = Non
             x, y = coords[i]
             out[j] = sample.image.read_region(x - half, y - half, side, patch_px)
         yield out
+
+
+def reading_order(sample, band_px: float) -> np.ndarray:
+    """Spot indices in bands ``band_px`` high, left to right within a band.
+
+    Read in this order, consecutive patches share image tiles, so a tile
+    cache of a few bands holds every tile a patch needs (measured spots come
+    in any order; virtual ones already are in raster order).
+    """
+    xy = sample.coords
+    if len(xy) == 0:
+        return np.zeros(0, dtype=np.int64)
+    band = np.floor(xy[:, 1] / max(float(band_px), 1.0))
+    return np.lexsort((xy[:, 0], band)).astype(np.int64)
+
+
+def read_views(sample, idx: np.ndarray, views_um: Sequence[float], patch_px: int = 224,
+               batch_size: int = 32) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
+    """Yield ``(spot indices, [uint8 (B, patch_px, patch_px, 3) per view])`` for batches of ``idx``.
+
+    Every view of a batch of spots is read together, so the tiles they share
+    are decoded once when the image is :func:`~napari_flag.features.tiles.tile_cached`.
+    """
+    idx = np.asarray(idx, dtype=np.int64)
+    batch_size = max(int(batch_size), 1)
+    for s in range(0, len(idx), batch_size):
+        sel = idx[s : s + batch_size]
+        yield sel, [next(extract_patches(sample, sel, side_um, patch_px, len(sel))) for side_um in views_um]
