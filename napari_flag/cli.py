@@ -108,6 +108,9 @@ def _run(fn, args) -> int:
     return 1  # pragma: no cover
 
 
+_UNITS = {"features": "spot", "sampling": "call"}
+
+
 def _bars(quiet: bool):
     """A ``progress(done, total, message)`` callable drawing one tqdm bar per stage (TTY only)."""
     from tqdm.auto import tqdm
@@ -120,8 +123,9 @@ def _bars(quiet: bool):
         if state["msg"] != message or state["bar"] is None:
             if state["bar"] is not None:
                 state["bar"].close()
+            # tqdm's rate and remaining time; features count spots, other stages their own steps
             state["bar"] = tqdm(total=max(int(total), 1), desc=message, leave=False, disable=None,
-                                file=sys.stderr, dynamic_ncols=True)
+                                file=sys.stderr, dynamic_ncols=True, unit=_UNITS.get(message, "it"))
             state["msg"] = message
         bar = state["bar"]
         if total and bar.total != total:
@@ -170,7 +174,9 @@ def _cohort_outputs(slides, out_dir: Path) -> list[Path]:
 def _predict_one(source, out: Path, args, device) -> Path:
     from .inference import predict_sample, write_prediction
 
-    bars = _bars(args.quiet)
+    from .profiling import PhaseClock
+
+    bars, clock, t0 = _bars(args.quiet), PhaseClock(), _process_times()
     try:
         adata = predict_sample(
             source, checkpoint=args.checkpoint, steps=args.steps, samples=args.samples, device=device,
@@ -179,7 +185,10 @@ def _predict_one(source, out: Path, args, device) -> Path:
         )
     finally:
         bars.close()
-    write_prediction(adata, out, overwrite=args.overwrite)
+    with clock.phase("writing"):
+        write_prediction(adata, out, overwrite=args.overwrite)
+    if args.profile:
+        _write_profile(args.profile, adata, clock, t0, args.overwrite)
     if not args.quiet:
         info = adata.uns["flag"]
         solver = f" {info['solver']}" if info.get("solver") else ""
@@ -188,6 +197,31 @@ def _predict_one(source, out: Path, args, device) -> Path:
               f"({info['method']}, {info['steps']}{solver} steps x {info['samples']} samples"
               f"{', with truth' if 'truth' in adata.layers else ''})", flush=True)
     return out
+
+
+def _process_times() -> dict:
+    import resource
+    import time
+
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return {"wall": time.perf_counter(), "user": ru.ru_utime, "sys": ru.ru_stime, "minflt": ru.ru_minflt}
+
+
+def _write_profile(path, adata, clock, t0: dict, overwrite: bool) -> None:
+    """The run's phases (``uns["flag"]["timings"]`` plus writing) and the process's totals, as JSON."""
+    from .profiling import peak_rss_mb
+
+    t1 = _process_times()
+    phases = dict(adata.uns["flag"].get("timings", {}))
+    phases.update(clock.as_dict())
+    doc = {"spots": int(adata.n_obs), "phases": phases,
+           "total": {"wall_s": t1["wall"] - t0["wall"], "user_s": t1["user"] - t0["user"],
+                     "sys_s": t1["sys"] - t0["sys"], "minflt": t1["minflt"] - t0["minflt"],
+                     "peak_rss_mb": peak_rss_mb()}}
+    target = Path(path).expanduser()
+    if target.exists() and not overwrite:
+        raise FlagInputError(f"{target}: already exists (use --overwrite to replace it)")
+    atomic_write_text(target, json.dumps(jsonable(doc), indent=1))
 
 
 def _cmd_predict(args) -> int:
@@ -218,6 +252,8 @@ def _predict_cohort(slides, args, resolve_device) -> int:
     """
     if args.out is not None:
         raise FlagInputError("give either --out or --out-dir, not both")
+    if args.profile:
+        raise FlagInputError("--profile times one slide: use it with --out, not --out-dir")
     out_dir = Path(args.out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise FlagInputError(f"{out_dir}: --out-dir is a file, not a folder")
@@ -533,6 +569,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
     p.add_argument("--no-cache", action="store_true", help="neither read nor write the feature cache")
     p.add_argument("--quiet", action="store_true", help="no progress bars or summary line")
+    p.add_argument("--profile", default=None, metavar="OUT.json",
+                   help="also write where the time went (wall and CPU seconds and page faults per phase: "
+                        "tissue, features with reading and encoding, graph, sampling, writing) as JSON")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("evaluate", help="metrics of predictions against the truth",

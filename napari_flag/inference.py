@@ -44,6 +44,7 @@ from .features import compute_features, get_encoder
 from .features.encoders import resolve_device
 from .graph import build_spatial_graph
 from .metrics import array_rc
+from .profiling import PhaseClock
 from .model import network_calls, sample_expression, sampler_modes
 
 __all__ = [
@@ -415,9 +416,10 @@ def iter_predict(
     is) and the run's metadata in ``uns["flag"]``.
     """
     ckpt_path = _resolve_checkpoint(checkpoint)
+    clock = PhaseClock()
     if not hasattr(sample, "adata"):
         yield Progress("loading sample", 0, 1)
-        with warnings.catch_warnings(record=True) as said:  # an image that could not be had is the error
+        with clock.phase("open"), warnings.catch_warnings(record=True) as said:  # an image that could not be had is the error
             warnings.simplefilter("always")
             sample = load_sample(sample)
         if sample.image is not None or not sample.metadata.get("image_problem"):
@@ -436,7 +438,8 @@ def iter_predict(
         panel = GenePanel.from_checkpoint(meta)
         if sample.n_spots == 0:
             yield Progress("tissue", 0, 1)
-            sample = spots_for(sample, meta, spacing_um)
+            with clock.phase("tissue"):
+                sample = spots_for(sample, meta, spacing_um)
             yield Progress("tissue", 1, 1)
         issues = _compatibility(sample, meta, panel)
         for issue in issues:  # warnings first, so a slide that also fails says everything wrong with it
@@ -445,14 +448,19 @@ def iter_predict(
         raise_for_errors(issues, sample.source or sample.sample_id)
         encoder = encoder_for_checkpoint(meta, dev)
 
-        feats = yield from _staged("features", lambda cb: compute_features(sample, encoder, cache=feature_cache,
-                                                                            progress=cb))
+        feature_stats: dict = {}
+        with clock.phase("features") as row:
+            feats = yield from _staged("features", lambda cb: compute_features(
+                sample, encoder, cache=feature_cache, progress=cb, stats=feature_stats))
+            row.update(feature_stats)
         yield Progress("graph", 0, 1)
-        slide = prepare_slide(sample, encoder, meta.get("graph"), panel, feats=feats)
+        with clock.phase("graph"):
+            slide = prepare_slide(sample, encoder, meta.get("graph"), panel, feats=feats)
         yield Progress("graph", 1, 1)
         if not building.done():
             yield Progress("loading model", 0, 1)
-        model = building.result()
+        with clock.phase("model wait"):
+            model = building.result()
     finally:
         building.join()  # a cancelled or failed run leaves no thread behind
     yield Progress("loading model", 1, 1)
@@ -463,11 +471,12 @@ def iter_predict(
         samples = int(samples or model.cfg.sample_count)
     else:
         steps, samples = 0, 1
-    pred, sd, smp = yield from _staged(
-        "sampling",
-        lambda cb: predict_arrays(model, slide, panel, steps=steps, samples=samples, seed=seed, progress=cb,
-                                  return_samples=keep_sample and generative, keep_samples=1),
-    )
+    with clock.phase("sampling"):
+        pred, sd, smp = yield from _staged(
+            "sampling",
+            lambda cb: predict_arrays(model, slide, panel, steps=steps, samples=samples, seed=seed, progress=cb,
+                                      return_samples=keep_sample and generative, keep_samples=1),
+        )
     out = _prediction_anndata(sample, slide, panel, pred, sd, smp)
     slides = _training_slides(meta)
     out.uns["flag"] = {
@@ -502,6 +511,7 @@ def iter_predict(
         **_truth_info(panel, slide),
     }
     out.uns["spatial"] = scanpy_spatial(sample)
+    out.uns["flag"]["timings"] = clock.as_dict()
     yield Result(out)
 
 

@@ -108,6 +108,22 @@ def test_predict_cli_never_overwrites(pred_file, run_dir, capsys):
     assert ad.read_h5ad(pred_file).uns["flag"]["steps"] == 3
 
 
+def test_predict_profile_says_where_the_time_went(run_dir, tmp_path, capsys):
+    ck = str(run_dir / "run" / "last.pt")
+    out, prof = tmp_path / "p.h5ad", tmp_path / "profile.json"
+    assert main(["predict", "her2st:C2", "--out", str(out), "--checkpoint", ck, "--steps", "2", "--samples", "1",
+                 "--quiet", "--no-cache", "--profile", str(prof)]) == 0
+    doc = json.loads(prof.read_text())
+    assert doc["spots"] == 187
+    assert {"features", "graph", "sampling", "writing"} <= set(doc["phases"])
+    feats = doc["phases"]["features"]
+    assert feats["wall_s"] > 0 and feats["encode_wall_s"] > 0 and feats["read_cpu_s"] > 0
+    assert doc["total"]["wall_s"] >= sum(p["wall_s"] for p in doc["phases"].values())
+    assert doc["total"]["peak_rss_mb"] > 0 and doc["total"]["minflt"] > 0
+    _fails(capsys, ["predict", "her2st:C2", "--out-dir", str(tmp_path / "d"), "--checkpoint", ck,
+                    "--profile", str(prof)], "--profile")
+
+
 # ----------------------------------------------------------------------------- evaluate
 def _independent_metrics(pred, truth, coords):
     """PCC / MSE / GSC with scipy and SSC with esda's Moran, written from the definitions."""
