@@ -108,12 +108,11 @@ def _run(fn, args) -> int:
     return 1  # pragma: no cover
 
 
-_UNITS = {"features": "spot", "sampling": "call"}
-
-
 def _bars(quiet: bool):
     """A ``progress(done, total, message)`` callable drawing one tqdm bar per stage (TTY only)."""
     from tqdm.auto import tqdm
+
+    from .profiling import STAGE_UNITS
 
     state: dict = {"bar": None, "msg": None}
 
@@ -125,7 +124,7 @@ def _bars(quiet: bool):
                 state["bar"].close()
             # tqdm's rate and remaining time; features count spots, other stages their own steps
             state["bar"] = tqdm(total=max(int(total), 1), desc=message, leave=False, disable=None,
-                                file=sys.stderr, dynamic_ncols=True, unit=_UNITS.get(message, "it"))
+                                file=sys.stderr, dynamic_ncols=True, unit=" " + STAGE_UNITS.get(message, "steps"))
             state["msg"] = message
         bar = state["bar"]
         if total and bar.total != total:

@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 
 from .. import layers as L
 from ..inference import Notice, Progress, Result, iter_predict
+from ..profiling import StageEta
 from ._common import (
     FlagWidget,
     Cancelled,
@@ -105,6 +106,7 @@ class PredictWidget(FlagWidget):
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         self._cancel = threading.Event()
+        self._eta = StageEta()
 
         self.slides = QListWidget()
         self.slides.setMaximumHeight(110)
@@ -192,6 +194,7 @@ class PredictWidget(FlagWidget):
             md.setdefault("slide_layer", lyr.name)
             jobs.append((md, sample, src))
         self._cancel.clear()
+        self._eta = StageEta()
         self._outcome = "finished"
         show_scale_bar(self.viewer)
         self._run_job(run_worker(
@@ -210,7 +213,7 @@ class PredictWidget(FlagWidget):
             self.bar.setRange(0, total)
             self.bar.setValue(min(p.done, total))
             prefix = f"slide {ev.index + 1}/{ev.count}: " if ev.count > 1 else ""
-            self.status.setText(f"{prefix}{p.stage} {p.done}/{total}")
+            self.status.setText(f"{prefix}{self._eta.update(p.stage, p.done, total)}")
             self.progress.emit(p.done, total, p.stage)
         elif isinstance(ev, SlideEvent) and isinstance(ev.event, Notice):
             show_warning(f"{ev.meta.get('sample_id') or 'slide'}: {ev.event.message}")
