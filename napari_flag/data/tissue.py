@@ -1,16 +1,25 @@
 """Where the tissue is on an H&E slide, from a low-resolution overview.
 
-Stained tissue is coloured; glass, white background, grey scanner margins and
-black borders are not.  So the mask is Otsu's threshold on colour saturation
-of a smoothed overview at about 8 um per pixel, cleaned up the way slide
-tools usually do: a closing bridges the pale gaps of loose tissue and fat,
-small holes are filled, large ones (lumens, tears) stay out, and specks
-smaller than a fraction of a spot are dropped.  Sizes are in microns, so the
-same mask comes out of a 0.25 um/px scan and of its 4x thumbnail.
+The rule, on an overview at about 8 um per pixel (sizes in microns, so a
+0.25 um/px scan and its 4x thumbnail give the same mask):
 
-An image where the "tissue" class is barely more saturated than the rest
-(blank glass, a white, black or uniformly tinted image) has no tissue, and
-:func:`detect_tissue` says so with one line naming the file.
+1. **Not tissue, whatever else holds**: pen ink (blue and green: blue and green
+   far above red, which H&E never is; black: dark and grey) and black or
+   out-of-focus scanner margins (darker than :data:`_DARK`).
+2. **Dense tissue**: Otsu's threshold on the colour saturation of the smoothed
+   overview.  An image whose "tissue" class is barely more saturated than the
+   rest (blank glass, a white, black or uniformly tinted image) has none, and
+   :func:`detect_tissue` says so in one line naming the file.
+3. **Pale tissue** (fat: white adipocytes with thin pink membranes; loose
+   stroma): pixels whose local texture (standard deviation of brightness over
+   ~3 overview pixels) is well above the glass's, closed over ``pale_um``
+   (the size of an adipocyte) into regions; a region is kept when it touches
+   dense tissue, so fiducial frames, dust and the faint array pattern on
+   glass stay out.
+4. A closing bridges the pale gaps between pieces; holes enclosed by tissue
+   (lumens, tears, fat) are filled up to ``max_hole_um2``; specks smaller than
+   a fraction of a spot are dropped; the mask is grown by ``margin_um`` so that
+   spots on the section's edge are inside it; ink and margins are removed last.
 """
 from __future__ import annotations
 
@@ -35,6 +44,15 @@ _MIN_SATURATION = 0.05
 _MIN_CONTRAST = 0.08
 #: pixels darker than this (max channel, 0-1) are margins or ink, not tissue
 _DARK = 0.12
+#: texture (brightness s.d., 0-255) that pale tissue has at least, and its least multiple of the glass's
+_MIN_TEXTURE = 3.0
+_TEXTURE_OVER_GLASS = 4.0
+#: least chroma (max - min channel, 0-255) pale tissue has over the glass's (local mean over 5 x 5 pixels)
+_PALE_TINT = 5.0
+#: least area of a pen stroke or margin, um^2
+_MIN_INK_UM2 = 150.0 * 150.0
+#: recorded with every mask, so a mask says which rule made it
+TISSUE_RULE = "v2: dense by saturation + textured pale regions touching it, holes filled, ink and margins out"
 
 
 @dataclass
@@ -142,6 +160,73 @@ def _drop_small(mask: np.ndarray, area_px: float, holes: bool) -> np.ndarray:
         return fn(mask, n)
 
 
+def _ink(rgb: np.ndarray) -> np.ndarray:
+    """Pen ink and dark margins: blue/green marker, black marker, black or out-of-focus borders."""
+    r, g, b = (rgb[..., i].astype(np.int16) for i in range(3))
+    mx = np.maximum(np.maximum(r, g), b)
+    # haematoxylin can be as blue as (117, 119, 166): blue marker's green stands well above its red
+    blue = (b - r > 80) & (g - r > 25)
+    green = (g - r > 30) & (g - b > 10)
+    dark = mx < _DARK * 255
+    black = (mx < 70) & (mx - np.minimum(np.minimum(r, g), b) < 15)
+    return blue | green | dark | black
+
+
+def _texture(rgb: np.ndarray) -> np.ndarray:
+    """Local standard deviation of brightness over 3 x 3 overview pixels, smoothed over 5 x 5."""
+    from scipy import ndimage as ndi
+
+    lum = rgb.astype(np.float32).mean(axis=-1)
+    m = ndi.uniform_filter(lum, 3)
+    sd = np.sqrt(np.maximum(ndi.uniform_filter(lum * lum, 3) - m * m, 0.0))
+    return ndi.uniform_filter(sd, 5)
+
+
+def _fill_enclosed(mask: np.ndarray, max_px: float) -> np.ndarray:
+    """Fill holes enclosed by the mask (background not reaching the image border) up to ``max_px`` pixels."""
+    from scipy import ndimage as ndi
+
+    holes = ndi.binary_fill_holes(mask) & ~mask
+    labels, n = ndi.label(holes)
+    if n == 0:
+        return mask
+    sizes = np.bincount(labels.ravel())
+    small = np.flatnonzero(sizes <= max_px)
+    return mask | np.isin(labels, small[small > 0])
+
+
+def _disk_closing(mask: np.ndarray, radius_px: int) -> np.ndarray:
+    """Closing that does not glue tissue to the image border (padded first)."""
+    from skimage.morphology import isotropic_closing
+
+    r = max(1, int(radius_px))
+    return isotropic_closing(np.pad(mask, r + 1), r)[r + 1 : -r - 1, r + 1 : -r - 1]
+
+
+def _pale_regions(rgb: np.ndarray, dense: np.ndarray, excluded: np.ndarray, mask_um: float,
+                  pale_um: float) -> np.ndarray:
+    """Textured regions next to dense tissue: fat and loose stroma (rule 3 of the module)."""
+    from scipy import ndimage as ndi
+
+    tex = _texture(rgb)
+    glass = ~dense & ~excluded
+    if not glass.any():
+        return np.zeros_like(dense)
+    base = float(np.median(tex[glass]))
+    # stained, not grey: fiducial frames, dust and scanner patterns have texture but no colour
+    r, g, b = (rgb[..., i] for i in range(3))  # chroma, not saturation: that rises for darker greys
+    chroma = ndi.uniform_filter((np.maximum(np.maximum(r, g), b) - np.minimum(np.minimum(r, g), b))
+                                .astype(np.float32), 5)
+    tinted = chroma > float(np.median(chroma[glass])) + _PALE_TINT
+    textured = (tex > max(_MIN_TEXTURE, _TEXTURE_OVER_GLASS * base)) & tinted & ~excluded
+    regions = _disk_closing(textured | dense, round(pale_um / mask_um))
+    labels, n = ndi.label(regions)
+    if n == 0:
+        return np.zeros_like(dense)
+    touching = np.unique(labels[dense & regions])
+    return np.isin(labels, touching[touching > 0])
+
+
 def detect_tissue(
     image: SlideImage,
     pixel_size_um: float | None = None,
@@ -150,19 +235,24 @@ def detect_tissue(
     closing_um: float = 30.0,
     min_hole_um2: float = 40_000.0,
     min_object_um2: float = 20_000.0,
+    pale_um: float = 60.0,
+    max_hole_um2: float = 4_000_000.0,
+    margin_um: float = 24.0,
 ) -> TissueMask:
-    """Tissue mask of ``image`` (full-res pixels of ``pixel_size_um`` microns).
+    """Tissue mask of ``image`` (full-res pixels of ``pixel_size_um`` microns), by the module's rule.
 
-    ``closing_um`` is the radius of the closing; holes under ``min_hole_um2``
-    are filled and objects under ``min_object_um2`` dropped (defaults: a
-    200 x 200 um hole, a 140 x 140 um speck).  Without a pixel size the
-    overview is about 2 Mpx and the sizes assume it is at ``um_per_px``.
+    ``closing_um`` is the radius of the closing; holes enclosed by tissue up
+    to ``max_hole_um2`` (a 2 x 2 mm lumen) are filled, and objects under
+    ``min_object_um2`` (a 140 x 140 um speck) dropped; ``pale_um`` is the
+    radius that closes the membranes of fat into a region; ``margin_um`` grows
+    the mask at the end.  ``min_hole_um2`` is kept for compatibility (every
+    smaller hole is filled too).  Without a pixel size the overview is about
+    2 Mpx and the sizes assume it is at ``um_per_px``.
 
     Raises ``FlagInputError("<file>: no tissue found")`` when nothing is left.
     """
     from scipy import ndimage as ndi
     from skimage.filters import threshold_otsu
-    from skimage.morphology import isotropic_closing
 
     name = str(source or image.path or "image")
     if pixel_size_um is not None and not (np.isfinite(pixel_size_um) and pixel_size_um > 0):
@@ -179,22 +269,34 @@ def detect_tissue(
         "closing_um": float(closing_um),
         "min_hole_um2": float(min_hole_um2),
         "min_object_um2": float(min_object_um2),
+        "pale_um": float(pale_um),
+        "max_hole_um2": float(max_hole_um2),
+        "margin_um": float(margin_um),
+        "rule": TISSUE_RULE,
     }
+    # ink and margins come in strokes and bands; a dark speck inside tissue is a nucleus cluster
+    ink = _drop_small(_ink(rgb), _MIN_INK_UM2 / mask_um**2, holes=False)
+    excluded = ndi.binary_dilation(ink, iterations=max(1, int(round(16.0 / mask_um))))
     sat = ndi.gaussian_filter(_saturation(rgb), sigma=max(0.5, 8.0 / mask_um))
+    sat[excluded] = 0.0
     t = float(threshold_otsu(sat)) if np.ptp(sat) > 1e-3 else float("inf")
-    mask = np.zeros(sat.shape, dtype=bool)
+    dense = np.zeros(sat.shape, dtype=bool)
     if np.isfinite(t):
         t = max(t, _MIN_SATURATION)
         fg = sat > t
-        if fg.any() and (~fg).any() and sat[fg].mean() - sat[~fg].mean() >= _MIN_CONTRAST:
-            mask = fg
+        if fg.any() and (~fg).any() and sat[fg].mean() - sat[~fg & ~excluded].mean() >= _MIN_CONTRAST:
+            dense = fg
+    px2 = mask_um**2
+    mask = dense = _drop_small(dense, min_object_um2 / px2, holes=False)  # a speck seeds nothing
     if mask.any():
-        px2 = mask_um**2
-        r = max(1, int(round(closing_um / mask_um)))
-        # pad so that the closing does not glue tissue to the image border
-        mask = isotropic_closing(np.pad(mask, r + 1), r)[r + 1 : -r - 1, r + 1 : -r - 1]
-        mask = _drop_small(mask, min_hole_um2 / px2, holes=True)
+        mask = _disk_closing(dense | _pale_regions(rgb, dense, excluded, mask_um, pale_um),
+                             round(closing_um / mask_um))
+        mask = _fill_enclosed(mask, max_hole_um2 / px2)
         mask = _drop_small(mask, min_object_um2 / px2, holes=False)
+        grow = int(round(margin_um / mask_um))
+        if grow > 0:
+            mask = ndi.binary_dilation(mask, iterations=grow)
+        mask &= ~excluded
     if not mask.any():
         raise fail(name, "no tissue found")
     return TissueMask(
