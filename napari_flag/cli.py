@@ -181,6 +181,7 @@ def _predict_one(source, out: Path, args, device) -> Path:
             source, checkpoint=args.checkpoint, steps=args.steps, samples=args.samples, device=device,
             seed=args.seed, progress=lambda ev: bars(ev.done, ev.total, ev.stage), notice=_warn,
             feature_cache=not args.no_cache, spacing_um=args.spacing_um, pixel_size_um=args.pixel_size_um,
+            tissue=args.tissue,
         )
     finally:
         bars.close()
@@ -253,6 +254,8 @@ def _predict_cohort(slides, args, resolve_device) -> int:
         raise FlagInputError("give either --out or --out-dir, not both")
     if args.profile:
         raise FlagInputError("--profile times one slide: use it with --out, not --out-dir")
+    if args.tissue:
+        raise FlagInputError("--tissue is one slide's mask: use it with --out, not --out-dir")
     out_dir = Path(args.out_dir).expanduser()
     if out_dir.exists() and not out_dir.is_dir():
         raise FlagInputError(f"{out_dir}: --out-dir is a file, not a folder")
@@ -559,6 +562,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "100 um for legacy ST models)")
     p.add_argument("--pixel-size-um", type=_positive_float, default=None,
                    help="microns per full-resolution pixel, for images whose file records none (or a wrong one)")
+    p.add_argument("--tissue", default=None, metavar="MASK",
+                   help="where to lay virtual spots instead of the detected tissue: a PNG/TIFF mask (nonzero = "
+                        "tissue, any resolution, stretched over the slide), QuPath GeoJSON annotations in the "
+                        "slide's pixels (classification Ignore*/Exclude subtracts; only those: subtracted from "
+                        "the detected tissue), or an earlier prediction .h5ad (its recorded mask)")
     p.add_argument("--checkpoint", default=None, help="trained model (.pt); default: the bundled model")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps, >= 1 (default: the model's)")
     p.add_argument("--samples", type=_positive_int, default=None,

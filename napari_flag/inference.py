@@ -39,6 +39,8 @@ from .data import load_sample, with_pixel_size
 from .data.h5ad import scanpy_spatial
 from .data.lattice import SpotGeometry, virtual_spots
 from .data.panel import SCALE_NAMES, GenePanel
+from .data.tissue import TissueMask
+from .data.tissue_input import mask_record
 from .errors import FlagCancelled, FlagInputError
 from .features import compute_features, get_encoder
 from .features.encoders import resolve_device
@@ -60,6 +62,7 @@ __all__ = [
     "write_prediction",
     "callback_events",
     "spots_for",
+    "tissue_for",
     "encoder_identity",
     "make_encoder",
     "encoder_for_checkpoint",
@@ -350,8 +353,23 @@ def model_geometry(meta, spacing_um: float | None = None) -> SpotGeometry:
     return SpotGeometry(float(spacing_um) / 2.0, float(spacing_um), "square")
 
 
-def spots_for(sample, meta, spacing_um: float | None = None):
+def tissue_for(sample, tissue=None):
+    """The tissue mask to lay virtual spots on: ``None`` (detect it), a :class:`TissueMask`, or a file
+    (mask image, QuPath GeoJSON, or a prediction whose recorded mask is reused)."""
+    from .data.tissue import TissueMask, detect_tissue
+    from .data.tissue_input import read_tissue_mask
+
+    if tissue is None or isinstance(tissue, TissueMask):
+        return tissue
+    name = str(sample.source or sample.sample_id)
+    return read_tissue_mask(tissue, sample.image.fullres_shape, sample.pixel_size_um,
+                            detect=lambda: detect_tissue(sample.image, sample.pixel_size_um, source=name))
+
+
+def spots_for(sample, meta, spacing_um: float | None = None, tissue=None):
     """``sample`` when it has spots; else virtual spots laid over its tissue with the model's geometry.
+
+    ``tissue``: see :func:`tissue_for` (default: detected).
 
     The spots are the model's (diameter, lattice kind).  Their pitch is
     ``spacing_um`` when given; by default the model's pitch, refined by the
@@ -362,13 +380,16 @@ def spots_for(sample, meta, spacing_um: float | None = None):
     (``benchmarks/results/virtual_spots.json``).
     """
     if sample.n_spots > 0:
+        if tissue is not None:
+            raise FlagInputError(f"{sample.source or sample.sample_id}: the slide has measured spots; a tissue "
+                                 "mask only places virtual spots on slides without them")
         return sample
     if sample.image is None:
         raise FlagInputError(f"{sample.source or sample.sample_id}: no spots and no image to lay spots on")
     geometry = model_geometry(meta, spacing_um)
     if spacing_um is None:
         geometry = geometry.covering(float(meta.encoder["patch_um"]))
-    return virtual_spots(sample, geometry, spacing_um=spacing_um)
+    return virtual_spots(sample, geometry, spacing_um=spacing_um, tissue=tissue_for(sample, tissue))
 
 
 def _compatibility(sample, meta, panel: GenePanel) -> list:
@@ -390,6 +411,7 @@ def iter_predict(
     keep_sample: bool = True,
     spacing_um: float | None = None,
     pixel_size_um: float | None = None,
+    tissue=None,
 ) -> Iterator[Progress | Notice | Result]:
     """Yield :class:`Progress` and :class:`Notice` events, then one :class:`Result`.
 
@@ -401,7 +423,10 @@ def iter_predict(
 
     A slide without spots (a routine H&E image) gets virtual spots over its
     detected tissue with the model's spot geometry (pitch ``spacing_um`` when
-    given); ``pixel_size_um`` overrides the file's pixel size.  Before any
+    given) or over ``tissue`` (a :class:`~napari_flag.data.tissue.TissueMask`
+    or a mask file, see :func:`tissue_for`); the mask used is recorded in
+    ``uns["flag"]["tissue_mask"]`` (bit-packed), so passing the output file as
+    ``tissue`` lays the same spots again.  ``pixel_size_um`` overrides the file's pixel size.  Before any
     feature is computed the slide is checked against the model (genes,
     species, pixel size, tissue): errors raise, warnings are yielded as
     :class:`Notice` s and recorded in ``uns["flag"]["compatibility"]``.
@@ -439,8 +464,10 @@ def iter_predict(
         if sample.n_spots == 0:
             yield Progress("tissue", 0, 1)
             with clock.phase("tissue"):
-                sample = spots_for(sample, meta, spacing_um)
+                sample = spots_for(sample, meta, spacing_um, tissue)
             yield Progress("tissue", 1, 1)
+        elif tissue is not None:
+            spots_for(sample, meta, spacing_um, tissue)  # says why a mask does not apply
         issues = _compatibility(sample, meta, panel)
         for issue in issues:  # warnings first, so a slide that also fails says everything wrong with it
             if not issue.is_error:
@@ -511,6 +538,8 @@ def iter_predict(
         **_truth_info(panel, slide),
     }
     out.uns["spatial"] = scanpy_spatial(sample)
+    if isinstance(sample.metadata.get("tissue_mask"), TissueMask):
+        out.uns["flag"]["tissue_mask"] = mask_record(sample.metadata["tissue_mask"])
     out.uns["flag"]["timings"] = clock.as_dict()
     yield Result(out)
 
