@@ -463,3 +463,44 @@ def spot_raster(
             m &= (ii >= 0) & (ii < shape[0]) & (jj >= 0) & (jj < shape[1])
             index[ii[m], jj[m]] = ids[m]
     return SpotRaster(index, (float(lo[0]), float(lo[1])), step)
+
+
+# ---------------------------------------------------------------------------
+# tissue masks the user edits
+
+#: names of Shapes layers whose polygons add tissue to, or take it out of, a slide's mask
+TISSUE_INCLUDE, TISSUE_EXCLUDE = "tissue include", "tissue exclude"
+
+
+def tissue_layer_data(mask, pixel_size_um: float | None, slide: str, name: str = "tissue"):
+    """A :class:`~napari_flag.data.tissue.TissueMask` as an editable ``labels`` layer over its slide.
+
+    Mask pixel ``(i, j)`` covers full-res ``[j f, (j + 1) f)``; full-res pixel
+    ``k`` is centred on ``k``, so the layer is shifted by ``f / 2 - 0.5``.
+    """
+    ps = world_scale(pixel_size_um)[0]
+    f = float(mask.fullres_per_px)
+    return (mask.mask.astype(np.uint8), dict(
+        name=name, scale=(f * ps, f * ps), translate=((f / 2 - 0.5) * ps,) * 2, opacity=0.35,
+        units=world_units(pixel_size_um),
+        metadata={ROLE: "tissue", "slide": slide, "pixel_size_um": pixel_size_um, "fullres_per_px": f,
+                  "source": str(mask.source or ""), "params": dict(mask.params)},
+    ), "labels")
+
+
+def tissue_from_layer_data(labels, meta: dict, include=(), exclude=()):
+    """The mask a user painted (nonzero labels), with polygons added and taken out.
+
+    ``include``/``exclude``: polygons as ``(n, 2)`` arrays of full-res ``(y, x)``.
+    """
+    from .data.tissue import TissueMask
+    from .data.tissue_input import mask_from_polygons
+
+    f = float(meta["fullres_per_px"])
+    mask = np.asarray(labels) > 0
+    rings = lambda polys: [[np.asarray(p, dtype=np.float64)[:, ::-1]] for p in polys if len(p) >= 3]  # noqa: E731
+    mask = mask_from_polygons(rings(include), rings(exclude), mask.shape, f, base=mask)
+    params = {"from": "edited in napari", "include": len(include), "exclude": len(exclude),
+              "detected": meta.get("params", {})}
+    return TissueMask(mask=mask, fullres_per_px=f, pixel_size_um=meta.get("pixel_size_um"),
+                      source=f"napari layer {meta.get('slide', '')}", params=params)

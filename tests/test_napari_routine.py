@@ -105,3 +105,42 @@ def test_image_only_slide_cancel_leaves_nothing(make_napari_viewer, qtbot, her2s
         w.cancel_btn.click()
     assert done.args == ["cancelled"]
     assert [lyr.name for lyr in viewer.layers] == before
+
+
+def test_detect_tissue_paint_out_and_exclude_then_predict(make_napari_viewer, qtbot, her2st_slide, tmp_path):
+    """Detect tissue -> erase the left half, exclude a polygon -> Predict lays no spot there (1920 x 1080)."""
+    path, _ = her2st_slide("C3", 4)
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1920, 1080)
+    viewer.open(str(path), plugin=PLUGIN)
+    w = _dock(viewer, "Predict expression")
+    w.detect_btn.click()
+    tissue = viewer.layers["tissue"]
+    assert tissue.metadata[L.ROLE] == "tissue" and tissue.data.any()
+    assert "edit the 'tissue' layer" in w.status.text()
+    h, wd = tissue.data.shape
+    data = np.array(tissue.data)
+    data[:, : wd // 2] = 0  # the user erases the left half
+    tissue.data = data
+    f, ps = tissue.metadata["fullres_per_px"], tissue.metadata["pixel_size_um"]
+    rows, cols = np.nonzero(data)
+    y0, y1 = rows.min() * f * ps, (rows.min() + (rows.max() - rows.min()) / 3) * f * ps  # the top third: excluded
+    viewer.add_shapes([[[y0 - 1, 0], [y0 - 1, wd * f * ps], [y1, wd * f * ps], [y1, 0]]], shape_type="polygon",
+                      name=L.TISSUE_EXCLUDE, opacity=0.3)
+    viewer.layers.selection.active = tissue
+    assert _predict(viewer, qtbot, w, steps=1, samples=1) == "finished"
+    ad = w.session.prediction
+    xy = ad.obsm["spatial"]
+    assert len(xy) > 10
+    assert (xy[:, 0] >= (wd // 2) * f - ad.uns["flag"]["spot_diameter_px"] / 2).all()  # nothing on the erased half
+    assert (xy[:, 1] > y1 / ps - ad.uns["flag"]["spot_diameter_px"] / 2).all()  # nothing in the excluded polygon
+    assert ad.uns["flag"]["tissue"]["params"]["from"] == "edited in napari"
+    qtbot.wait(300)
+    shot = np.asarray(viewer.screenshot(canvas_only=False))
+    assert shot.shape[1] >= 1900 and shot[..., :3].std() > 5
+    import os
+
+    if os.environ.get("NAPARI_FLAG_SHOTS"):
+        from imageio.v3 import imwrite
+
+        imwrite(Path(os.environ["NAPARI_FLAG_SHOTS"]) / "tissue_edited.png", shot)

@@ -16,6 +16,7 @@ from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QLabel,
+    QPushButton,
     QListWidget,
     QListWidgetItem,
     QVBoxLayout,
@@ -24,6 +25,7 @@ from qtpy.QtWidgets import (
 from .. import layers as L
 from ..inference import Notice, Progress, Result, iter_predict
 from ..profiling import StageEta
+from .tissue import detect_into_layer, edited_mask
 from ._common import (
     FlagWidget,
     Cancelled,
@@ -64,9 +66,9 @@ class SlideEvent:
 def _predict_jobs(jobs, checkpoint, steps, samples, device):
     """Worker body: every slide in turn, through the one inference path."""
     n = len(jobs)
-    for i, (meta, sample, source) in enumerate(jobs):
+    for i, (meta, sample, source, tissue) in enumerate(jobs):
         for ev in iter_predict(sample if sample is not None else source, checkpoint=checkpoint or None,
-                               steps=steps or None, samples=samples or None, device=device):
+                               steps=steps or None, samples=samples or None, device=device, tissue=tissue):
             yield SlideEvent(i, n, meta, ev)
 
 
@@ -126,16 +128,23 @@ class PredictWidget(FlagWidget):
         )
         self._job_controls("Predict", "Cancel")
         self.predict_btn, self.cancel_btn = self.go_btn, self.halt_btn
+        self.detect_btn = QPushButton("Detect tissue")
+        self.detect_btn.setToolTip(
+            "Add the detected tissue of the chosen slide as a 'tissue' Labels layer: paint or erase it, or draw "
+            f"polygons in Shapes layers named '{L.TISSUE_INCLUDE}' / '{L.TISSUE_EXCLUDE}'; Predict lays virtual "
+            "spots on the edited mask")
 
         lay = QVBoxLayout(self)
         lay.addWidget(QLabel("Slides"))
         lay.addWidget(self.slides)
         lay.addWidget(self.form.native)
+        lay.addWidget(self.detect_btn)
         self._place_job_controls(lay)
         lay.addStretch(1)
 
         self.session.checkpoint_chosen.connect(self._use_checkpoint)
         self.predict_btn.clicked.connect(lambda *_: self.start())
+        self.detect_btn.clicked.connect(lambda *_: self.detect_tissue())
         self.cancel_btn.clicked.connect(lambda *_: self.cancel())
         ev = self.viewer.layers.events
         ev.inserted.connect(self.refresh_slides)
@@ -171,6 +180,19 @@ class PredictWidget(FlagWidget):
         return [self.viewer.layers[n] for n in names if n in self.viewer.layers]
 
 
+    # -- tissue
+    @report_errors
+    def detect_tissue(self) -> None:
+        """Add the chosen slide's detected tissue as an editable ``tissue`` layer."""
+        chosen = self.selected_layers()
+        if not chosen:
+            show_error("Choose a slide layer first (open an H&E image: File > Open)")
+            return
+        lyr, mask = detect_into_layer(self.viewer, chosen[0])
+        area = mask.to_dict().get("area_mm2")
+        self.status.setText(f"tissue: {mask.fraction:.0%} of the slide" + (f", {area:.1f} mm²" if area else "")
+                            + f"; edit the '{lyr.name}' layer, then Predict")
+
     # -- run
     @report_errors
     def start(self) -> None:
@@ -192,7 +214,7 @@ class PredictWidget(FlagWidget):
             if sample is None and not src:
                 sample = sample_for_layer(lyr)  # raises a clear error
             md.setdefault("slide_layer", lyr.name)
-            jobs.append((md, sample, src))
+            jobs.append((md, sample, src, edited_mask(self.viewer, lyr)))
         self._cancel.clear()
         self._eta = StageEta()
         self._outcome = "finished"
@@ -213,7 +235,10 @@ class PredictWidget(FlagWidget):
             self.bar.setRange(0, total)
             self.bar.setValue(min(p.done, total))
             prefix = f"slide {ev.index + 1}/{ev.count}: " if ev.count > 1 else ""
-            self.status.setText(f"{prefix}{self._eta.update(p.stage, p.done, total)}")
+            text = self._eta.update(p.stage, p.done, total)
+            if p.stage == "features" and p.done == 0:  # the spots are laid: say how many
+                text = f"{total:,} spots on the tissue; {text}"
+            self.status.setText(f"{prefix}{text}")
             self.progress.emit(p.done, total, p.stage)
         elif isinstance(ev, SlideEvent) and isinstance(ev.event, Notice):
             show_warning(f"{ev.meta.get('sample_id') or 'slide'}: {ev.event.message}")
