@@ -181,7 +181,7 @@ def _predict_one(source, out: Path, args, device) -> Path:
             source, checkpoint=args.checkpoint, steps=args.steps, samples=args.samples, device=device,
             seed=args.seed, progress=lambda ev: bars(ev.done, ev.total, ev.stage), notice=_warn,
             feature_cache=not args.no_cache, spacing_um=args.spacing_um, pixel_size_um=args.pixel_size_um,
-            tissue=args.tissue,
+            tissue=args.tissue, tiles=not args.no_tiles,
         )
     finally:
         bars.close()
@@ -567,6 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "tissue, any resolution, stretched over the slide), QuPath GeoJSON annotations in the "
                         "slide's pixels (classification Ignore*/Exclude subtracts; only those: subtracted from "
                         "the detected tissue), or an earlier prediction .h5ad (its recorded mask)")
+    p.add_argument("--no-tiles", action="store_true",
+                   help="predict the virtual spots of a whole slide at once instead of region by region "
+                        "(tiles of ~576 spots with a halo of neighbours; the same predictions, memory of a tile)")
     p.add_argument("--checkpoint", default=None, help="trained model (.pt); default: the bundled model")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps, >= 1 (default: the model's)")
     p.add_argument("--samples", type=_positive_int, default=None,

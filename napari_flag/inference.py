@@ -47,12 +47,14 @@ from .features.encoders import resolve_device
 from .graph import build_spatial_graph
 from .metrics import array_rc
 from .profiling import PhaseClock
+from .streaming import TILE_SPOTS, TileResult, plan_tiles, predict_tiles
 from .model import network_calls, sample_expression, sampler_modes
 
 __all__ = [
     "Progress",
     "Notice",
     "Result",
+    "TileResult",
     "SlideData",
     "GenePanel",
     "prepare_slide",
@@ -412,7 +414,8 @@ def iter_predict(
     spacing_um: float | None = None,
     pixel_size_um: float | None = None,
     tissue=None,
-) -> Iterator[Progress | Notice | Result]:
+    tiles: bool = True,
+) -> Iterator[Progress | Notice | TileResult | Result]:
     """Yield :class:`Progress` and :class:`Notice` events, then one :class:`Result`.
 
     ``sample``: a :class:`~napari_flag.data.Sample` or anything ``load_sample``
@@ -426,7 +429,10 @@ def iter_predict(
     given) or over ``tissue`` (a :class:`~napari_flag.data.tissue.TissueMask`
     or a mask file, see :func:`tissue_for`); the mask used is recorded in
     ``uns["flag"]["tissue_mask"]`` (bit-packed), so passing the output file as
-    ``tissue`` lays the same spots again.  ``pixel_size_um`` overrides the file's pixel size.  Before any
+    ``tissue`` lays the same spots again.  Virtual spots of a whole slide are
+    predicted tile by tile (``tiles=False``: all at once), each tile's result
+    yielded as a :class:`~napari_flag.streaming.TileResult` as soon as it is
+    made.  ``pixel_size_um`` overrides the file's pixel size.  Before any
     feature is computed the slide is checked against the model (genes,
     species, pixel size, tissue): errors raise, warnings are yielded as
     :class:`Notice` s and recorded in ``uns["flag"]["compatibility"]``.
@@ -474,16 +480,17 @@ def iter_predict(
                 yield Notice(issue.code, issue.message)
         raise_for_errors(issues, sample.source or sample.sample_id)
         encoder = encoder_for_checkpoint(meta, dev)
-
-        feature_stats: dict = {}
-        with clock.phase("features") as row:
-            feats = yield from _staged("features", lambda cb: compute_features(
-                sample, encoder, cache=feature_cache, progress=cb, stats=feature_stats))
-            row.update(feature_stats)
-        yield Progress("graph", 0, 1)
-        with clock.phase("graph"):
-            slide = prepare_slide(sample, encoder, meta.get("graph"), panel, feats=feats)
-        yield Progress("graph", 1, 1)
+        plan = _tile_plan(sample, tiles)
+        if plan is None:
+            feature_stats: dict = {}
+            with clock.phase("features") as row:
+                feats = yield from _staged("features", lambda cb: compute_features(
+                    sample, encoder, cache=feature_cache, progress=cb, stats=feature_stats))
+                row.update(feature_stats)
+            yield Progress("graph", 0, 1)
+            with clock.phase("graph"):
+                slide = prepare_slide(sample, encoder, meta.get("graph"), panel, feats=feats)
+            yield Progress("graph", 1, 1)
         if not building.done():
             yield Progress("loading model", 0, 1)
         with clock.phase("model wait"):
@@ -498,12 +505,22 @@ def iter_predict(
         samples = int(samples or model.cfg.sample_count)
     else:
         steps, samples = 0, 1
-    with clock.phase("sampling"):
-        pred, sd, smp = yield from _staged(
-            "sampling",
-            lambda cb: predict_arrays(model, slide, panel, steps=steps, samples=samples, seed=seed, progress=cb,
-                                      return_samples=keep_sample and generative, keep_samples=1),
-        )
+    if plan is None:
+        with clock.phase("sampling"):
+            pred, sd, smp = yield from _staged(
+                "sampling",
+                lambda cb: predict_arrays(model, slide, panel, steps=steps, samples=samples, seed=seed, progress=cb,
+                                          return_samples=keep_sample and generative, keep_samples=1),
+            )
+    else:
+        with clock.phase("tiles") as row:
+            tile_stats: dict = {"tiles": len(plan)}
+            pred, sd, smp = yield from predict_tiles(
+                model, sample, encoder, panel, plan, _staged, graph=meta.get("graph"), steps=steps,
+                samples=samples, seed=seed, feature_cache=feature_cache, keep_sample=keep_sample and generative,
+                stats=tile_stats)
+            row.update(tile_stats)
+        slide = SlideData(str(sample.sample_id), torch.empty(0), None, sample.coords, sample.grid)
     out = _prediction_anndata(sample, slide, panel, pred, sd, smp)
     slides = _training_slides(meta)
     out.uns["flag"] = {
@@ -542,6 +559,16 @@ def iter_predict(
         out.uns["flag"]["tissue_mask"] = mask_record(sample.metadata["tissue_mask"])
     out.uns["flag"]["timings"] = clock.as_dict()
     yield Result(out)
+
+
+def _tile_plan(sample, tiles: bool):
+    """Tiles for a slide of virtual spots large enough to be worth streaming, else ``None``."""
+    if not tiles or sample.has_counts or sample.metadata.get("technology") != "virtual":
+        return None
+    pitch_px = float(sample.metadata["inter_spot_dist_um"]) / float(sample.pixel_size_um)
+    if sample.n_spots <= 2 * TILE_SPOTS:
+        return None
+    return plan_tiles(sample.coords, pitch_px, tile_spots=TILE_SPOTS)
 
 
 def _truth_info(panel: GenePanel, slide: SlideData) -> dict:
@@ -590,7 +617,7 @@ def predict_sample(sample, checkpoint=None, steps: int | None = None, samples: i
                 notice(ev)
             else:
                 warnings.warn(ev.message, RuntimeWarning, stacklevel=2)
-        elif progress is not None:
+        elif isinstance(ev, Progress) and progress is not None:
             progress(ev)
     raise RuntimeError("prediction ended without a result")  # pragma: no cover
 

@@ -144,3 +144,31 @@ def test_detect_tissue_paint_out_and_exclude_then_predict(make_napari_viewer, qt
         from imageio.v3 import imwrite
 
         imwrite(Path(os.environ["NAPARI_FLAG_SHOTS"]) / "tissue_edited.png", shot)
+
+
+def test_whole_slide_fills_in_tile_by_tile_and_cancel_keeps_tiles_when_asked(make_napari_viewer, qtbot, her2st_slide,
+                                                                              monkeypatch):
+    from napari_flag import inference
+
+    monkeypatch.setattr(inference, "TILE_SPOTS", 64)  # this small slide in several tiles
+    path, _ = her2st_slide("C3", 4)
+    viewer = make_napari_viewer(show=True)
+    viewer.open(str(path), plugin=PLUGIN)
+    w = _dock(viewer, "Predict expression")
+    shown = []
+    w.tile_shown.connect(lambda i: shown.append((i, len(viewer.layers), w.running)))
+    assert _predict(viewer, qtbot, w, steps=1, samples=1) == "finished"
+    assert len(shown) >= 3 and all(running for *_, running in shown)  # drawn while the run went on
+    r = _roles(viewer)
+    assert "partial_prediction" not in r and {"pred", "std"} <= set(r)  # the finished slide replaced its tiles
+    assert w.session.prediction.uns["flag"]["timings"]["tiles"]["tiles"] >= 3
+    # cancelled after the first tiles, with "keep finished tiles": they stay, as a layer of their own
+    w.keep_tiles.setChecked(True)
+    w.form.steps.value = 30
+    with qtbot.waitSignal(w.run_finished, timeout=240_000) as done:
+        with qtbot.waitSignal(w.tile_shown, timeout=120_000):
+            w.predict_btn.click()
+        w.cancel_btn.click()
+    assert done.args == ["cancelled"]
+    kept = [lyr for lyr in viewer.layers if "cancelled, kept" in lyr.name]
+    assert len(kept) == 1 and 0 < len(kept[0].data) < w.session.prediction.n_obs

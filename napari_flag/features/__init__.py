@@ -37,6 +37,8 @@ __all__ = [
     "extract_patches",
     "patch_side_px",
     "compute_features",
+    "load_cached_features",
+    "save_features",
     "feature_cache_dir",
     "feature_cache_key",
 ]
@@ -68,33 +70,50 @@ def compute_features(sample, encoder: Encoder | str | None = None, batch_size: i
     if n == 0:
         return np.zeros(shape, dtype=np.float32)
     side = patch_side_px(sample, encoder.patch_um)
-    root = key = None
-    if cache is not False and cache is not None:
-        root = feature_cache_dir() if cache is True else Path(cache).expanduser()
-        key = feature_cache_key(sample, encoder, side)
-        hit = read_cached(root, key, shape)
-        if hit is not None:
-            if progress is not None:
-                progress(n, n)
-            return hit
+    hit = load_cached_features(sample, encoder, cache)
+    if hit is not None:
+        if progress is not None:
+            progress(n, n)
+        return hit
     feats = _encode_spots(sample, encoder, side, batch_size, progress, stats if stats is not None else {})
-    if root is not None:
-        attrs = {
-            "sample_id": str(sample.sample_id),
-            "source": str(sample.source or ""),
-            "encoder": encoder.name,
-            "weights": getattr(encoder, "weights_id", ""),
-            "patch_um": float(encoder.patch_um),
-            "patch_px": int(encoder.patch_px),
-            "side_px": float(side),
-            "pixel_size_um": sample.pixel_size_um,
-            "n_spots": n,
-        }
-        try:
-            write_cached(root, key, feats, attrs)
-        except OSError as exc:  # an unwritable cache must not lose a finished computation
-            warnings.warn(f"feature cache not written to {root}: {exc}", RuntimeWarning, stacklevel=2)
+    save_features(sample, encoder, cache, feats)
     return feats
+
+
+def _cache_entry(sample, encoder: Encoder, cache) -> tuple[Path, str] | None:
+    if cache is False or cache is None:
+        return None
+    root = feature_cache_dir() if cache is True else Path(cache).expanduser()
+    return root, feature_cache_key(sample, encoder, patch_side_px(sample, encoder.patch_um))
+
+
+def load_cached_features(sample, encoder: Encoder, cache: bool | str | Path = True) -> np.ndarray | None:
+    """The features of every spot of ``sample`` from the cache (``cache`` as in :func:`compute_features`), or ``None``."""
+    entry = _cache_entry(sample, encoder, cache)
+    return None if entry is None else read_cached(*entry, (sample.n_spots, int(encoder.dim)))
+
+
+def save_features(sample, encoder: Encoder, cache: bool | str | Path, feats: np.ndarray) -> None:
+    """Store the features of every spot of ``sample`` (an unwritable cache only warns)."""
+    entry = _cache_entry(sample, encoder, cache)
+    if entry is None:
+        return
+    root, key = entry
+    attrs = {
+        "sample_id": str(sample.sample_id),
+        "source": str(sample.source or ""),
+        "encoder": encoder.name,
+        "weights": getattr(encoder, "weights_id", ""),
+        "patch_um": float(encoder.patch_um),
+        "patch_px": int(encoder.patch_px),
+        "side_px": float(patch_side_px(sample, encoder.patch_um)),
+        "pixel_size_um": sample.pixel_size_um,
+        "n_spots": int(sample.n_spots),
+    }
+    try:
+        write_cached(root, key, feats, attrs)
+    except OSError as exc:  # an unwritable cache must not lose a finished computation
+        warnings.warn(f"feature cache not written to {root}: {exc}", RuntimeWarning, stacklevel=3)
 
 
 def _encode_spots(sample, encoder: Encoder, side_px: float, batch_size: int,

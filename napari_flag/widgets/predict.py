@@ -15,6 +15,7 @@ import numpy as np
 from magicgui.widgets import ComboBox, Container, FileEdit, SpinBox
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
+    QCheckBox,
     QLabel,
     QPushButton,
     QListWidget,
@@ -23,8 +24,9 @@ from qtpy.QtWidgets import (
 )
 
 from .. import layers as L
-from ..inference import Notice, Progress, Result, iter_predict
+from ..inference import Notice, Progress, Result, TileResult, iter_predict
 from ..profiling import StageEta
+from .partial import PartialPrediction
 from .tissue import detect_into_layer, edited_mask
 from ._common import (
     FlagWidget,
@@ -104,11 +106,14 @@ class PredictWidget(FlagWidget):
     prediction_added = Signal(str)
     #: "finished" | "cancelled" | "error"
     run_finished = Signal(str)
+    #: index of a tile whose predictions were just drawn
+    tile_shown = Signal(int)
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
         self._cancel = threading.Event()
         self._eta = StageEta()
+        self._partial = PartialPrediction(napari_viewer)
 
         self.slides = QListWidget()
         self.slides.setMaximumHeight(110)
@@ -128,6 +133,8 @@ class PredictWidget(FlagWidget):
         )
         self._job_controls("Predict", "Cancel")
         self.predict_btn, self.cancel_btn = self.go_btn, self.halt_btn
+        self.keep_tiles = QCheckBox("keep finished tiles if cancelled")
+        self.keep_tiles.setToolTip("A whole slide is predicted tile by tile; on Cancel, keep what is done as a layer")
         self.detect_btn = QPushButton("Detect tissue")
         self.detect_btn.setToolTip(
             "Add the detected tissue of the chosen slide as a 'tissue' Labels layer: paint or erase it, or draw "
@@ -139,6 +146,7 @@ class PredictWidget(FlagWidget):
         lay.addWidget(self.slides)
         lay.addWidget(self.form.native)
         lay.addWidget(self.detect_btn)
+        lay.addWidget(self.keep_tiles)
         self._place_job_controls(lay)
         lay.addStretch(1)
 
@@ -242,13 +250,22 @@ class PredictWidget(FlagWidget):
             self.progress.emit(p.done, total, p.stage)
         elif isinstance(ev, SlideEvent) and isinstance(ev.event, Notice):
             show_warning(f"{ev.meta.get('sample_id') or 'slide'}: {ev.event.message}")
+        elif isinstance(ev, SlideEvent) and isinstance(ev.event, TileResult):
+            self._partial.add(ev.meta, ev.event)
+            self.tile_shown.emit(ev.event.index)
         elif isinstance(ev, SlideEvent):
+            self._partial.remove()  # the finished slide replaces its tiles
             self._add_result(ev.meta, ev.event.adata)
         elif isinstance(ev, Failed):
             self._outcome = "error"
+            self._partial.remove()
             show_error(ev.error)
         elif isinstance(ev, Cancelled):
             self._outcome = "cancelled"
+            if self.keep_tiles.isChecked():
+                self._partial.keep()
+            else:
+                self._partial.remove()
 
     @report_errors
     def _add_result(self, meta: dict, adata) -> None:

@@ -1,0 +1,136 @@
+"""A whole slide predicted region by region: spatial tiles with a halo of neighbours, results as they are made.
+
+Each tile's spots are predicted with the spots within ``halo`` of it (its
+halo): the spatial graph, the graph encoder and joint denoising of a tile's
+own spots see the neighbours they see in a whole-slide run, so the tiles
+agree with it (``benchmarks/virtual_spots.py --tiles`` measures it).  A
+spot's features are computed once, when the first tile that needs it comes;
+each tile's predictions are handed out as soon as they are made, and memory
+for the graph and the sampler is that of a tile, not of the slide.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any, Callable
+
+import numpy as np
+
+__all__ = ["Tile", "TileResult", "plan_tiles", "predict_tiles", "TILE_SPOTS", "HALO_PITCHES"]
+
+#: spots a tile predicts (about 24 x 24 at the lattice pitch): the first tile is on screen in seconds
+TILE_SPOTS = 576
+#: halo width in lattice pitches: the kNN graph's reach (~1.5 pitches) times the hops the model
+#: propagates (graph layers, then one per joint-denoising step), with a margin
+HALO_PITCHES = 4
+
+
+@dataclass(frozen=True)
+class Tile:
+    """``core``: the spots this tile predicts; ``spots``: core and halo (what the model sees), core first."""
+
+    core: np.ndarray
+    spots: np.ndarray
+
+
+@dataclass(frozen=True)
+class TileResult:
+    """Tile ``index`` of ``count`` is done: target-scale ``mean`` and ``std`` of its ``spots`` (indices),
+    with what a viewer needs to draw them before the slide is done."""
+
+    index: int
+    count: int
+    spots: np.ndarray
+    mean: np.ndarray
+    std: np.ndarray
+    coords: np.ndarray  # (n, 2) full-res x, y of ``spots``
+    genes: tuple
+    spot_diameter_px: float
+    pixel_size_um: float | None
+
+
+def plan_tiles(coords: np.ndarray, pitch: float, tile_spots: int = TILE_SPOTS,
+               halo_pitches: float = HALO_PITCHES) -> list[Tile]:
+    """Square tiles of about ``tile_spots`` spots over ``coords`` (any unit, ``pitch`` in it), in raster order."""
+    xy = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
+    if len(xy) == 0:
+        return []
+    side = max(float(np.sqrt(tile_spots)) * float(pitch), 1e-9)
+    halo = float(halo_pitches) * float(pitch)
+    lo = xy.min(axis=0)
+    cell = np.floor((xy - lo) / side).astype(np.int64)
+    order = np.lexsort((cell[:, 0], cell[:, 1]))
+    keys, starts = np.unique(cell[order, 1] * (cell[:, 0].max() + 1) + cell[order, 0], return_index=True)
+    tiles = []
+    for k, (a, b) in enumerate(zip(starts, list(starts[1:]) + [len(order)])):
+        core = np.sort(order[a:b])
+        cx, cy = cell[core[0]]
+        x0, y0 = lo + np.array([cx, cy]) * side
+        near = np.flatnonzero((xy[:, 0] >= x0 - halo) & (xy[:, 0] < x0 + side + halo)
+                              & (xy[:, 1] >= y0 - halo) & (xy[:, 1] < y0 + side + halo))
+        tiles.append(Tile(core, np.concatenate([core, np.setdiff1d(near, core, assume_unique=True)])))
+    return tiles
+
+
+def _subset(sample, idx: np.ndarray):
+    return replace(sample, adata=sample.adata[idx].copy())
+
+
+def predict_tiles(model, sample, encoder, panel, tiles: list[Tile], staged: Callable, *, graph: dict | None,
+                  steps: int, samples: int, seed: int, feature_cache, keep_sample: bool, stats: dict):
+    """Generator: ``Progress("predicting", spots done, spots)`` and :class:`TileResult` events; returns
+    ``(mean, std, samples | None)`` of every spot, as :func:`~napari_flag.inference.predict_arrays` does.
+
+    ``staged(stage, fn)`` runs ``fn(progress)`` as a cancellable job yielding its progress
+    (:func:`napari_flag.inference._staged`).
+    """
+    from .features import compute_features, load_cached_features, save_features
+    from .inference import Progress, predict_arrays, prepare_slide
+
+    n, genes = sample.n_spots, len(panel.genes)
+    feats = load_cached_features(sample, encoder, feature_cache)
+    have = np.full(n, feats is not None)
+    if feats is None:
+        feats = np.empty((n, int(encoder.dim)), dtype=np.float32)
+    pred, sd = np.empty((n, genes), np.float32), np.empty((n, genes), np.float32)
+    smp = np.empty((1, n, genes), np.float32) if keep_sample else None
+    done = 0
+    yield Progress("predicting", 0, n)
+    for t, tile in enumerate(tiles):
+        core_n = len(tile.core)
+
+        def overall(share0: float, share: float, _base=done, _core=core_n) -> Callable[[Any], Progress]:
+            return lambda ev: Progress("predicting", _base + int(_core * (share0 + share * ev.done / max(ev.total, 1))), n)
+
+        need = tile.spots[~have[tile.spots]]
+        if len(need):
+            fs: dict = {}
+            got = yield from _mapped(staged("features", lambda cb: compute_features(
+                _subset(sample, need), encoder, cache=False, progress=cb, stats=fs)), overall(0.0, 0.8))
+            feats[need], have[need] = got, True
+            for k in ("read_cpu_s", "encode_wall_s", "tiles_decoded"):
+                stats[k] = stats.get(k, 0) + fs.get(k, 0)
+        slide = prepare_slide(_subset(sample, tile.spots), encoder, graph, panel, feats=feats[tile.spots])
+        p, s, m = yield from _mapped(staged("sampling", lambda cb: predict_arrays(
+            model, slide, panel, steps=steps, samples=samples, seed=seed + t, progress=cb,
+            return_samples=keep_sample, keep_samples=1)), overall(0.8, 0.2))
+        pred[tile.core], sd[tile.core] = p[:core_n], s[:core_n]
+        if smp is not None and m is not None:
+            smp[:, tile.core] = m[:, :core_n]
+        done += core_n
+        yield TileResult(t, len(tiles), tile.core, pred[tile.core], sd[tile.core], sample.coords[tile.core],
+                         tuple(panel.genes), float(sample.spot_diameter_px), sample.pixel_size_um)
+        yield Progress("predicting", done, n)
+    if have.all():
+        save_features(sample, encoder, feature_cache, feats)
+    return pred, sd, smp
+
+
+def _mapped(events, convert: Callable):
+    """Re-yield a staged job's progress events through ``convert``; return the job's result."""
+    try:
+        while True:
+            yield convert(next(events))
+    except StopIteration as stop:
+        return stop.value
+    finally:
+        events.close()  # a cancel stops the job's thread too
