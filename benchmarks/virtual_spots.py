@@ -11,6 +11,9 @@ For every section Ck:
   100 um on a square lattice) at the default pitch (the model's 200 um,
   refined until the encoder's patches tile the tissue: 100 um), and at the
   pitches of ``--spacings-um`` (e.g. the model's own 200 um);
+* with ``--tile-spots N``, the default pitch once more, predicted region by
+  region in tiles of N spots (:mod:`napari_flag.streaming`), to compare with
+  the whole-section run;
 * the same file with the measured spots is predicted in spot mode by the same
   model with the same sampler and seed;
 * the model is Ck's leave-one-section-out FLAG fold (trained on the other four
@@ -114,6 +117,7 @@ def _virtual(path: Path, measured, truth, genes, kw: dict, spacing_um: float | N
         "nearest_distance_um": {"median": float(np.median(d) * px), "max": float(d.max() * px)},
         "spot_geometry": geom,
         "tissue_fraction": float(info["tissue"]["fraction"]),
+        "tiles": int((info.get("timings", {}).get("tiles") or {}).get("tiles", 1)),
         "compatibility": sorted(info["compatibility"]),
         "sampler": {"steps": info["steps"], "samples": info["samples"], "solver": info["solver"], "seed": info["seed"]},
         "seconds": seconds,
@@ -121,7 +125,7 @@ def _virtual(path: Path, measured, truth, genes, kw: dict, spacing_um: float | N
 
 
 def run_section(section: str, runs: Path, work: Path, seed: int, spacings: list[float],
-                sampler: list[str] = ()) -> dict:
+                sampler: list[str] = (), tile_spots: int | None = None) -> dict:
     import dataclasses
 
     import numpy as np
@@ -158,9 +162,18 @@ def run_section(section: str, runs: Path, work: Path, seed: int, spacings: list[
         "spot_mode_s": t_spot,
         "virtual": {},
     }
-    for sp in [None, *spacings]:
-        key = "default" if sp is None else f"{sp:g}um"
-        res["virtual"][key] = v = _virtual(path, measured, truth, genes, kw, sp, model_spacing, seed)
+    import napari_flag.inference as inference
+
+    runs_ = [(None, "default", None), *[(sp, f"{sp:g}um", None) for sp in spacings]]
+    if tile_spots:  # the default pitch again, predicted tile by tile with tiles this small
+        runs_.append((None, f"default_tiles{tile_spots}", tile_spots))
+    for sp, key, tiles in runs_:
+        before = inference.TILE_SPOTS
+        inference.TILE_SPOTS = tiles or before
+        try:
+            res["virtual"][key] = v = _virtual(path, measured, truth, genes, kw, sp, model_spacing, seed)
+        finally:
+            inference.TILE_SPOTS = before
         print(f"[{section}] spot " + " ".join(f"{k}={res['spot_mode'][k]:.3f}" for k in KEYS)
               + f" | virtual {key} " + " ".join(f"{k}={v[k]:.3f}" for k in KEYS)
               + f" | within0.75={v['within_075_spacing']:.3f} outside={v['virtual_outside_covered']:.3f} "
@@ -177,6 +190,9 @@ def main(argv=None) -> int:
     ap.add_argument("--spacings-um", nargs="*", type=float, default=[200.0],
                     help="virtual pitches to run besides the default (--spacing-um of predict)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--tile-spots", type=int, default=None,
+                    help="also run the default pitch tile by tile, tiles of this many spots (a section is "
+                         "smaller than predict's own tiles), to compare with the whole-slide run")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--sampler", nargs="*", default=[], metavar="KEY=VALUE",
                     help="sampler settings for the fold models (e.g. the bundled recipe's sample_mean_like)")
@@ -188,7 +204,7 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     work = Path(a.work)
     t0 = time.time()
-    per = [run_section(s, Path(a.runs), work, a.seed, a.spacings_um, a.sampler) for s in a.sections]
+    per = [run_section(s, Path(a.runs), work, a.seed, a.spacings_um, a.sampler, a.tile_spots) for s in a.sections]
     mean: dict = {"spot_mode": {k: float(np.mean([p["spot_mode"][k] for p in per])) for k in KEYS}, "virtual": {}}
     for key in per[0]["virtual"]:
         vs = [p["virtual"][key] for p in per]

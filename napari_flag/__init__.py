@@ -1,11 +1,20 @@
-"""napari-flag: spatial gene expression from H&E slides with FLAG, inside napari."""
+"""napari-flag: spatial gene expression from H&E slides with FLAG, inside napari.
+
+Python API (see :mod:`napari_flag.api`)::
+
+    import napari_flag as nf
+    adata = nf.predict("her2st:C2")
+    nf.evaluate(adata)
+"""
 from __future__ import annotations
 
 from pathlib import Path
 
+from .api import evaluate, load_sample, predict
+
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "resources_dir"]
+__all__ = ["__version__", "resources_dir", "load_sample", "predict", "evaluate"]
 
 
 def resources_dir() -> Path:
