@@ -515,10 +515,10 @@ def iter_predict(
     else:
         with clock.phase("tiles") as row:
             tile_stats: dict = {"tiles": len(plan)}
-            pred, sd, smp = yield from predict_tiles(
-                model, sample, encoder, panel, plan, _staged, graph=meta.get("graph"), steps=steps,
+            pred, sd, smp = yield from callback_events(lambda emit: predict_tiles(
+                model, sample, encoder, panel, plan, emit, graph=meta.get("graph"), steps=steps,
                 samples=samples, seed=seed, feature_cache=feature_cache, keep_sample=keep_sample and generative,
-                stats=tile_stats)
+                stats=tile_stats))
             row.update(tile_stats)
         slide = SlideData(str(sample.sample_id), torch.empty(0), None, sample.coords, sample.grid)
     out = _prediction_anndata(sample, slide, panel, pred, sd, smp)

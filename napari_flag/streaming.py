@@ -75,13 +75,17 @@ def _subset(sample, idx: np.ndarray):
     return replace(sample, adata=sample.adata[idx].copy())
 
 
-def predict_tiles(model, sample, encoder, panel, tiles: list[Tile], staged: Callable, *, graph: dict | None,
-                  steps: int, samples: int, seed: int, feature_cache, keep_sample: bool, stats: dict):
-    """Generator: ``Progress("predicting", spots done, spots)`` and :class:`TileResult` events; returns
-    ``(mean, std, samples | None)`` of every spot, as :func:`~napari_flag.inference.predict_arrays` does.
+def predict_tiles(model, sample, encoder, panel, tiles: list[Tile], emit: Callable[[Any], None], *,
+                  graph: dict | None, steps: int, samples: int, seed: int, feature_cache, keep_sample: bool,
+                  stats: dict):
+    """``(mean, std, samples | None)`` of every spot, tile by tile, as
+    :func:`~napari_flag.inference.predict_arrays` gives them for a whole slide.
 
-    ``staged(stage, fn)`` runs ``fn(progress)`` as a cancellable job yielding its progress
-    (:func:`napari_flag.inference._staged`).
+    ``emit`` receives ``Progress("predicting", spots done, spots)`` and each
+    :class:`TileResult`; raising from it (a cancel) stops at the next batch.
+    Runs in one thread from start to end: the encoder's and the sampler's
+    buffers stay in that thread's heap instead of being faulted in again by a
+    new thread per tile.
     """
     from .features import compute_features, load_cached_features, save_features
     from .inference import Progress, predict_arrays, prepare_slide
@@ -94,43 +98,33 @@ def predict_tiles(model, sample, encoder, panel, tiles: list[Tile], staged: Call
     pred, sd = np.empty((n, genes), np.float32), np.empty((n, genes), np.float32)
     smp = np.empty((1, n, genes), np.float32) if keep_sample else None
     done = 0
-    yield Progress("predicting", 0, n)
+    emit(Progress("predicting", 0, n))
     for t, tile in enumerate(tiles):
         core_n = len(tile.core)
 
-        def overall(share0: float, share: float, _base=done, _core=core_n) -> Callable[[Any], Progress]:
-            return lambda ev: Progress("predicting", _base + int(_core * (share0 + share * ev.done / max(ev.total, 1))), n)
+        def overall(share0: float, share: float, _base=done, _core=core_n) -> Callable[[int, int], None]:
+            return lambda d, tot: emit(Progress("predicting", _base + int(_core * (share0 + share * d / max(tot, 1))), n))
 
         need = tile.spots[~have[tile.spots]]
         if len(need):
             fs: dict = {}
-            got = yield from _mapped(staged("features", lambda cb: compute_features(
-                _subset(sample, need), encoder, cache=False, progress=cb, stats=fs)), overall(0.0, 0.8))
-            feats[need], have[need] = got, True
+            feats[need] = compute_features(_subset(sample, need), encoder, cache=False, progress=overall(0.0, 0.8),
+                                           stats=fs)
+            have[need] = True
             for k in ("read_cpu_s", "encode_wall_s", "tiles_decoded"):
                 stats[k] = stats.get(k, 0) + fs.get(k, 0)
         slide = prepare_slide(_subset(sample, tile.spots), encoder, graph, panel, feats=feats[tile.spots])
-        p, s, m = yield from _mapped(staged("sampling", lambda cb: predict_arrays(
-            model, slide, panel, steps=steps, samples=samples, seed=seed + t, progress=cb,
-            return_samples=keep_sample, keep_samples=1)), overall(0.8, 0.2))
+        p, s, m = predict_arrays(model, slide, panel, steps=steps, samples=samples, seed=seed + t,
+                                 progress=overall(0.8, 0.2), return_samples=keep_sample, keep_samples=1)
         pred[tile.core], sd[tile.core] = p[:core_n], s[:core_n]
         if smp is not None and m is not None:
             smp[:, tile.core] = m[:, :core_n]
         done += core_n
-        yield TileResult(t, len(tiles), tile.core, pred[tile.core], sd[tile.core], sample.coords[tile.core],
-                         tuple(panel.genes), float(sample.spot_diameter_px), sample.pixel_size_um)
-        yield Progress("predicting", done, n)
+        emit(TileResult(t, len(tiles), tile.core, pred[tile.core], sd[tile.core], sample.coords[tile.core],
+                        tuple(panel.genes), float(sample.spot_diameter_px), sample.pixel_size_um))
+        emit(Progress("predicting", done, n))
     if have.all():
         save_features(sample, encoder, feature_cache, feats)
     return pred, sd, smp
 
 
-def _mapped(events, convert: Callable):
-    """Re-yield a staged job's progress events through ``convert``; return the job's result."""
-    try:
-        while True:
-            yield convert(next(events))
-    except StopIteration as stop:
-        return stop.value
-    finally:
-        events.close()  # a cancel stops the job's thread too
