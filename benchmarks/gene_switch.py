@@ -45,7 +45,6 @@ def make_slide(n_spots: int = 5000, n_genes: int = 200, seed: int = 0):
 
     rng = np.random.default_rng(seed)
     cols = int(np.ceil(np.sqrt(n_spots * 2 / np.sqrt(3))))
-    rows = int(np.ceil(n_spots / cols))
     pitch = 100.0  # full-res px between spot centres (Visium: 100 um at ~1 um/px)
     rr, cc = np.divmod(np.arange(n_spots), cols)
     x = 200 + cc * pitch + (rr % 2) * pitch / 2

@@ -233,6 +233,8 @@ def markdown_table(result: dict) -> str:
     for name, p in rows:
         for key, v in p["virtual"].items():
             pitch = f"{v['spot_geometry']['spacing_um']:g} um" + (" (default)" if key == "default" else "")
+            if key.startswith("default_tiles"):
+                pitch += f" in tiles of {key[len('default_tiles'):]}"
             cells = [f"{p['spot_mode'][k]:.3f}" for k in KEYS] + [f"{v[k]:.3f}" for k in KEYS]
             lines.append(f"| {name} | {pitch} | "
                          + " | ".join(cells)

@@ -23,6 +23,7 @@ from ._io import atomic_write_text
 from .data.panel import TRANSFORMS, transform_counts
 from .errors import FlagCancelled, FlagInputError
 from .metrics import evaluate_adata, format_table, in_sample_note, jsonable, summarize
+from .record import PredictionRecord
 
 __all__ = ["main", "train_main"]
 
@@ -190,11 +191,11 @@ def _predict_one(source, out: Path, args, device) -> Path:
     if args.profile:
         _write_profile(args.profile, adata, clock, t0, args.overwrite)
     if not args.quiet:
-        info = adata.uns["flag"]
-        solver = f" {info['solver']}" if info.get("solver") else ""
-        what = "virtual spots" if info.get("virtual_spots") else "spots"
+        info = PredictionRecord.of(adata)
+        solver = f" {info.solver}" if info.solver else ""
+        what = "virtual spots" if info.virtual_spots else "spots"
         print(f"wrote {out}: {adata.n_obs} {what} x {adata.n_vars} genes "
-              f"({info['method']}, {info['steps']}{solver} steps x {info['samples']} samples"
+              f"({info.method}, {info.steps}{solver} steps x {info.samples} samples"
               f"{', with truth' if 'truth' in adata.layers else ''})", flush=True)
     return out
 
@@ -212,7 +213,7 @@ def _write_profile(path, adata, clock, t0: dict, overwrite: bool) -> None:
     from .profiling import peak_rss_mb
 
     t1 = _process_times()
-    phases = dict(adata.uns["flag"].get("timings", {}))
+    phases = dict(PredictionRecord.of(adata).timings)
     phases.update(clock.as_dict())
     doc = {"spots": int(adata.n_obs), "phases": phases,
            "total": {"wall_s": t1["wall"] - t0["wall"], "user_s": t1["user"] - t0["user"],
@@ -299,8 +300,8 @@ def _read_h5ad(path: str | Path):
         raise FlagInputError(f"{p}: not a readable .h5ad file ({first[:200]})") from exc
 
 
-def _flag_info(adata, path) -> dict:
-    """``uns['flag']`` of a file, checked: it is read from the file, so it may hold anything."""
+def _flag_info(adata, path) -> "PredictionRecord":
+    """``uns['flag']`` of a file, checked (it is read from the file, so it may hold anything), as a record."""
     from collections.abc import Mapping
 
     info = adata.uns.get("flag", {})
@@ -313,7 +314,7 @@ def _flag_info(adata, path) -> dict:
     for k in ("grid", "sample_id"):  # only plain strings are used
         if k in info and not isinstance(info[k], str):
             del info[k]
-    return info
+    return PredictionRecord.from_uns(info)
 
 
 def _counts_source(t, scale: str, path):
@@ -399,7 +400,7 @@ def _evaluate_one(path, truth_path, grid: str, layer: str, truth_scale: str = "a
         if "truth" not in a.layers:
             raise FlagInputError(f"{path}: no layers['truth']; pass --truth TRUTH.h5ad")
     else:
-        tmat, tspots = _truth_from_file(truth_path, genes, str(info.get("transform", "log2p1")), truth_scale)
+        tmat, tspots = _truth_from_file(truth_path, genes, str(info.transform or "log2p1"), truth_scale)
         pos = {s: i for i, s in enumerate(tspots)}
         keep = [i for i, s in enumerate(a.obs_names) if s in pos]
         if not keep:
@@ -410,7 +411,7 @@ def _evaluate_one(path, truth_path, grid: str, layer: str, truth_scale: str = "a
         metrics = evaluate_adata(a, layer=layer, truth=truth, grid=None if grid == "auto" else grid)
     except FlagInputError as exc:
         raise FlagInputError(f"{path}: {exc}") from None
-    return str(info.get("sample_id") or Path(path).stem), metrics, in_sample_note(info)
+    return str(info.sample_id or Path(path).stem), metrics, in_sample_note(info)
 
 
 def _row_names(paths) -> list[str]:

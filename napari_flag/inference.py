@@ -47,6 +47,7 @@ from .features.encoders import resolve_device
 from .graph import build_spatial_graph
 from .metrics import array_rc
 from .profiling import PhaseClock
+from .record import PredictionRecord
 from .streaming import TILE_SPOTS, TileResult, plan_tiles, predict_tiles
 from .model import network_calls, sample_expression, sampler_modes
 
@@ -448,6 +449,42 @@ def iter_predict(
     """
     ckpt_path = _resolve_checkpoint(checkpoint)
     clock = PhaseClock()
+    sample = yield from _open_stage(sample, pixel_size_um, clock)
+    dev = resolve_device(device)
+    building, meta = start_model_load(ckpt_path, dev)  # the network builds while the slide is prepared
+    try:
+        panel = GenePanel.from_checkpoint(meta)
+        sample, issues = yield from _spots_stage(sample, meta, panel, spacing_um, tissue, clock)
+        encoder = encoder_for_checkpoint(meta, dev)
+        plan = _tile_plan(sample, tiles)
+        slide = None
+        if plan is None:
+            slide = yield from _features_stage(sample, encoder, meta, panel, feature_cache, clock)
+        if not building.done():
+            yield Progress("loading model", 0, 1)
+        with clock.phase("model wait"):
+            model = building.result()
+    finally:
+        building.join()  # a cancelled or failed run leaves no thread behind
+    yield Progress("loading model", 1, 1)
+
+    run = _SamplerRun.of(model, steps, samples, seed, keep_sample)
+    if plan is None:
+        with clock.phase("sampling"):
+            pred, sd, smp = yield from _staged("sampling", lambda cb: predict_arrays(
+                model, slide, panel, steps=run.steps, samples=run.samples, seed=run.seed, progress=cb,
+                return_samples=run.keep_sample, keep_samples=1))
+    else:
+        pred, sd, smp = yield from _tiles_stage(model, sample, encoder, meta, panel, plan, run, feature_cache, clock)
+        slide = SlideData(str(sample.sample_id), torch.empty(0), None, sample.coords, sample.grid)
+    out = _prediction_anndata(sample, slide, panel, pred, sd, smp)
+    out.uns["flag"] = _record(ckpt_path, meta, model, run, panel, sample, slide, issues, clock).to_uns()
+    out.uns["spatial"] = scanpy_spatial(sample)
+    yield Result(out)
+
+
+def _open_stage(sample, pixel_size_um: float | None, clock: PhaseClock):
+    """The sample (read when given as a path or id), with its pixel size overridden; it must have an image."""
     if not hasattr(sample, "adata"):
         yield Progress("loading sample", 0, 1)
         with clock.phase("open"), warnings.catch_warnings(record=True) as said:  # an image that could not be had is the error
@@ -462,103 +499,98 @@ def iter_predict(
     if sample.image is None:
         why = sample.metadata.get("image_problem")
         raise FlagInputError(why or f"{sample.source or sample.sample_id}: no H&E image; prediction needs one")
+    return sample
 
-    dev = resolve_device(device)
-    building, meta = start_model_load(ckpt_path, dev)  # the network builds while the slide is prepared
-    try:
-        panel = GenePanel.from_checkpoint(meta)
-        if sample.n_spots == 0:
-            yield Progress("tissue", 0, 1)
-            with clock.phase("tissue"):
-                sample = spots_for(sample, meta, spacing_um, tissue)
-            yield Progress("tissue", 1, 1)
-        elif tissue is not None:
-            spots_for(sample, meta, spacing_um, tissue)  # says why a mask does not apply
-        issues = _compatibility(sample, meta, panel)
-        for issue in issues:  # warnings first, so a slide that also fails says everything wrong with it
-            if not issue.is_error:
-                yield Notice(issue.code, issue.message)
-        raise_for_errors(issues, sample.source or sample.sample_id)
-        encoder = encoder_for_checkpoint(meta, dev)
-        plan = _tile_plan(sample, tiles)
-        if plan is None:
-            feature_stats: dict = {}
-            with clock.phase("features") as row:
-                feats = yield from _staged("features", lambda cb: compute_features(
-                    sample, encoder, cache=feature_cache, progress=cb, stats=feature_stats))
-                row.update(feature_stats)
-            yield Progress("graph", 0, 1)
-            with clock.phase("graph"):
-                slide = prepare_slide(sample, encoder, meta.get("graph"), panel, feats=feats)
-            yield Progress("graph", 1, 1)
-        if not building.done():
-            yield Progress("loading model", 0, 1)
-        with clock.phase("model wait"):
-            model = building.result()
-    finally:
-        building.join()  # a cancelled or failed run leaves no thread behind
-    yield Progress("loading model", 1, 1)
 
-    generative = isinstance(model, torch.nn.Module) and model.cfg.mode == "diffusion"
-    if isinstance(model, torch.nn.Module):
-        steps = int(steps or model.cfg.sample_steps)
-        samples = int(samples or model.cfg.sample_count)
-    else:
-        steps, samples = 0, 1
-    if plan is None:
-        with clock.phase("sampling"):
-            pred, sd, smp = yield from _staged(
-                "sampling",
-                lambda cb: predict_arrays(model, slide, panel, steps=steps, samples=samples, seed=seed, progress=cb,
-                                          return_samples=keep_sample and generative, keep_samples=1),
-            )
-    else:
-        with clock.phase("tiles") as row:
-            tile_stats: dict = {"tiles": len(plan)}
-            pred, sd, smp = yield from callback_events(lambda emit: predict_tiles(
-                model, sample, encoder, panel, plan, emit, graph=meta.get("graph"), steps=steps,
-                samples=samples, seed=seed, feature_cache=feature_cache, keep_sample=keep_sample and generative,
-                stats=tile_stats))
-            row.update(tile_stats)
-        slide = SlideData(str(sample.sample_id), torch.empty(0), None, sample.coords, sample.grid)
-    out = _prediction_anndata(sample, slide, panel, pred, sd, smp)
+def _spots_stage(sample, meta, panel: GenePanel, spacing_um, tissue, clock: PhaseClock):
+    """Virtual spots on a slide without any, then the model-slide checks: ``(sample, issues)``."""
+    if sample.n_spots == 0:
+        yield Progress("tissue", 0, 1)
+        with clock.phase("tissue"):
+            sample = spots_for(sample, meta, spacing_um, tissue)
+        yield Progress("tissue", 1, 1)
+    elif tissue is not None:
+        spots_for(sample, meta, spacing_um, tissue)  # says why a mask does not apply
+    issues = _compatibility(sample, meta, panel)
+    for issue in issues:  # warnings first, so a slide that also fails says everything wrong with it
+        if not issue.is_error:
+            yield Notice(issue.code, issue.message)
+    raise_for_errors(issues, sample.source or sample.sample_id)
+    return sample, issues
+
+
+def _features_stage(sample, encoder, meta, panel: GenePanel, feature_cache, clock: PhaseClock):
+    """Features of every spot, then the spatial graph: the whole slide as a :class:`SlideData`."""
+    feature_stats: dict = {}
+    with clock.phase("features") as row:
+        feats = yield from _staged("features", lambda cb: compute_features(
+            sample, encoder, cache=feature_cache, progress=cb, stats=feature_stats))
+        row.update(feature_stats)
+    yield Progress("graph", 0, 1)
+    with clock.phase("graph"):
+        slide = prepare_slide(sample, encoder, meta.get("graph"), panel, feats=feats)
+    yield Progress("graph", 1, 1)
+    return slide
+
+
+def _tiles_stage(model, sample, encoder, meta, panel: GenePanel, plan, run: "_SamplerRun", feature_cache,
+                 clock: PhaseClock):
+    """The slide tile by tile in one job thread (:func:`~napari_flag.streaming.predict_tiles`)."""
+    with clock.phase("tiles") as row:
+        stats: dict = {"tiles": len(plan)}
+        arrays = yield from callback_events(lambda emit: predict_tiles(
+            model, sample, encoder, panel, plan, emit, graph=meta.get("graph"), run=run,
+            feature_cache=feature_cache, stats=stats))
+        row.update(stats)
+    return arrays
+
+
+@dataclass(frozen=True)
+class _SamplerRun:
+    """The sampler settings of one run, the model's defaults filled in."""
+
+    steps: int
+    samples: int
+    seed: int
+    keep_sample: bool
+    generative: bool
+
+    @classmethod
+    def of(cls, model, steps, samples, seed: int, keep_sample: bool) -> "_SamplerRun":
+        if not isinstance(model, torch.nn.Module):  # ridge / MLP: one deterministic prediction
+            return cls(0, 1, int(seed), False, False)
+        generative = model.cfg.mode == "diffusion"
+        return cls(int(steps or model.cfg.sample_steps), int(samples or model.cfg.sample_count), int(seed),
+                   bool(keep_sample and generative), generative)
+
+
+def _record(ckpt_path, meta, model, run: _SamplerRun, panel: GenePanel, sample, slide, issues,
+            clock: PhaseClock) -> PredictionRecord:
+    """What the output says about its run (``uns["flag"]``)."""
     slides = _training_slides(meta)
-    out.uns["flag"] = {
-        "checkpoint": str(ckpt_path),
-        "method": str(meta.method),
-        "steps": int(steps),
-        "samples": int(samples),
-        "solver": str(model.cfg.sample_solver) if generative else "",
-        "mean_rule": _mean_rule(model.cfg, steps, samples) if generative else "",
-        **({"temperature": float(model.cfg.sample_temperature),
-            "network_calls_per_spot": network_calls(model.cfg, steps, samples)} if generative else {}),
-        "seed": int(seed),
-        "transform": panel.transform,
-        "scale": SCALE_NAMES[panel.transform],
-        "sample_id": str(sample.sample_id),
-        "source": str(sample.source or ""),
-        "encoder": str(meta.encoder["name"]),
-        "encoder_dim": int(meta.encoder["dim"]),
-        "patch_um": float(meta.encoder["patch_um"]),
-        "patch_px": int(meta.encoder["patch_px"]),
-        "spot_diameter_px": float(sample.spot_diameter_px),
-        "version": str(__version__),
-        "model_version": str(meta.get("version", "")),
-        "training_slides": slides,
-        "in_training_set": bool(in_training_set(sample, slides)),
-        "compatibility": {i.code: {"level": i.level, "message": i.message} for i in issues},
-        "virtual_spots": bool(sample.metadata.get("technology") == "virtual"),
-        **({"grid": str(sample.grid)} if sample.grid else {}),
-        **({"pixel_size_um": float(sample.pixel_size_um)} if sample.pixel_size_um else {}),
-        **({"spot_geometry": dict(sample.metadata["spot_geometry"])} if "spot_geometry" in sample.metadata else {}),
-        **({"tissue": dict(sample.metadata["tissue"])} if "tissue" in sample.metadata else {}),
-        **_truth_info(panel, slide),
-    }
-    out.uns["spatial"] = scanpy_spatial(sample)
-    if isinstance(sample.metadata.get("tissue_mask"), TissueMask):
-        out.uns["flag"]["tissue_mask"] = mask_record(sample.metadata["tissue_mask"])
-    out.uns["flag"]["timings"] = clock.as_dict()
-    yield Result(out)
+    md = sample.metadata
+    cfg = model.cfg if run.generative else None
+    mask = md.get("tissue_mask")
+    return PredictionRecord(
+        checkpoint=str(ckpt_path), method=str(meta.method), model_version=str(meta.get("version", "")),
+        training_slides=slides, in_training_set=bool(in_training_set(sample, slides)),
+        encoder=str(meta.encoder["name"]), encoder_dim=int(meta.encoder["dim"]),
+        patch_um=float(meta.encoder["patch_um"]), patch_px=int(meta.encoder["patch_px"]),
+        steps=run.steps, samples=run.samples, seed=run.seed,
+        solver=str(cfg.sample_solver) if cfg else "", mean_rule=_mean_rule(cfg, run.steps, run.samples) if cfg else "",
+        temperature=float(cfg.sample_temperature) if cfg else None,
+        network_calls_per_spot=network_calls(cfg, run.steps, run.samples) if cfg else None,
+        transform=panel.transform, scale=SCALE_NAMES[panel.transform], **_truth_info(panel, slide),
+        sample_id=str(sample.sample_id), source=str(sample.source or ""),
+        spot_diameter_px=float(sample.spot_diameter_px),
+        pixel_size_um=float(sample.pixel_size_um) if sample.pixel_size_um else None,
+        grid=str(sample.grid) if sample.grid else None, virtual_spots=md.get("technology") == "virtual",
+        spot_geometry=dict(md["spot_geometry"]) if "spot_geometry" in md else None,
+        tissue=dict(md["tissue"]) if "tissue" in md else None,
+        tissue_mask=mask_record(mask) if isinstance(mask, TissueMask) else None,
+        compatibility={i.code: {"level": i.level, "message": i.message} for i in issues},
+        timings=clock.as_dict(), version=str(__version__),
+    )
 
 
 def _tile_plan(sample, tiles: bool):

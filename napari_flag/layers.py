@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from .record import PredictionRecord
+
 from .data.panel import SCALE_UNITS
 
 __all__ = [
@@ -89,7 +91,7 @@ def forget_sample(key: str) -> None:
 
 def register_prediction(adata) -> str:
     """Keep a prediction AnnData while its layers are shown and return its key."""
-    sid = str(adata.uns.get("flag", {}).get("sample_id", "pred")) if hasattr(adata, "uns") else "pred"
+    sid = PredictionRecord.of(adata).sample_id or "pred"
     with _lock:
         key = f"pred:{sid}#{next(_counter)}"
         _PREDICTIONS[key] = adata
@@ -352,13 +354,14 @@ def prediction_to_layer_data(adata, gene: str | None = None, meta: dict | None =
     gene = gene if gene in genes else genes[0]
     xy = np.asarray(adata.obsm["spatial"], dtype=np.float64)
     roles = ["pred"] + [r for r in ("truth", "std") if r in adata.layers]
-    sid = meta.get("sample_id") or adata.uns.get("flag", {}).get("sample_id", "slide")
+    rec = PredictionRecord.of(adata)
+    sid = meta.get("sample_id") or rec.sample_id or "slide"
     vals = {r: gene_values(adata, gene, r) for r in roles}
     shared = percentile_limits(*(vals[r] for r in roles if r != "std"))
-    transform = str(adata.uns.get("flag", {}).get("transform", "log2p1"))
+    transform = str(rec.transform or "log2p1")
     unit = SCALE_UNITS.get(transform, transform)  # the colorbar title of figures made from these layers
     out = []
-    if adata.uns.get("flag", {}).get("virtual_spots"):  # a routine H&E slide: show where the spots were laid
+    if rec.virtual_spots:  # a routine H&E slide: show where the spots were laid
         out.append(virtual_spots_layer_data(adata, meta, key, str(sid)))
     for r in roles:
         clim = percentile_limits(vals[r]) if r == "std" else shared

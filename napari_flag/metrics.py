@@ -618,9 +618,11 @@ def evaluate_adata(adata, layer: str = "X", truth=None, grid: str | None = None,
 
     pred = dense(adata.X if layer == "X" else adata.layers[layer])
     truth = dense(adata.layers["truth"] if truth is None else truth)
-    info = adata.uns.get("flag", {}) if hasattr(adata.uns.get("flag", {}), "get") else {}
-    if grid not in GRID_K and info.get("grid") in GRID_K:
-        grid = str(info["grid"])
+    from .record import PredictionRecord
+
+    recorded = PredictionRecord.of(adata).grid
+    if grid not in GRID_K and recorded in GRID_K:
+        grid = str(recorded)
     coords = np.asarray(adata.obsm["spatial"], dtype=np.float64)[:, :2]
     return evaluate(pred, truth, coords, array_rc(adata), grid, genes=[str(g) for g in adata.var_names],
                     seed=seed, return_details=return_details)
@@ -628,8 +630,11 @@ def evaluate_adata(adata, layer: str = "X", truth=None, grid: str | None = None,
 
 def in_sample_note(info) -> str | None:
     """The warning an evaluation of a training slide carries (its scores say little about new slides)."""
-    if info is not None and hasattr(info, "get") and bool(info.get("in_training_set", False)):
-        return f"{info.get('sample_id') or 'this slide'} was in this model's training set"
+    from .record import PredictionRecord
+
+    rec = info if isinstance(info, PredictionRecord) else PredictionRecord.from_uns(info)
+    if rec.in_training_set:
+        return f"{rec.name} was in this model's training set"
     return None
 
 

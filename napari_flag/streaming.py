@@ -10,6 +10,7 @@ for the graph and the sampler is that of a tile, not of the slide.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable
 
@@ -76,11 +77,11 @@ def _subset(sample, idx: np.ndarray):
 
 
 def predict_tiles(model, sample, encoder, panel, tiles: list[Tile], emit: Callable[[Any], None], *,
-                  graph: dict | None, steps: int, samples: int, seed: int, feature_cache, keep_sample: bool,
-                  stats: dict):
+                  graph: dict | None, run, feature_cache, stats: dict):
     """``(mean, std, samples | None)`` of every spot, tile by tile, as
     :func:`~napari_flag.inference.predict_arrays` gives them for a whole slide.
 
+    ``run``: the sampler settings (``steps``, ``samples``, ``seed``, ``keep_sample``).
     ``emit`` receives ``Progress("predicting", spots done, spots)`` and each
     :class:`TileResult`; raising from it (a cancel) stops at the next batch.
     Runs in one thread from start to end: the encoder's and the sampler's
@@ -96,7 +97,7 @@ def predict_tiles(model, sample, encoder, panel, tiles: list[Tile], emit: Callab
     if feats is None:
         feats = np.empty((n, int(encoder.dim)), dtype=np.float32)
     pred, sd = np.empty((n, genes), np.float32), np.empty((n, genes), np.float32)
-    smp = np.empty((1, n, genes), np.float32) if keep_sample else None
+    smp = np.empty((1, n, genes), np.float32) if run.keep_sample else None
     done = 0
     emit(Progress("predicting", 0, n))
     for t, tile in enumerate(tiles):
@@ -113,9 +114,14 @@ def predict_tiles(model, sample, encoder, panel, tiles: list[Tile], emit: Callab
             have[need] = True
             for k in ("read_cpu_s", "encode_wall_s", "tiles_decoded"):
                 stats[k] = stats.get(k, 0) + fs.get(k, 0)
+        t0 = time.perf_counter()
         slide = prepare_slide(_subset(sample, tile.spots), encoder, graph, panel, feats=feats[tile.spots])
-        p, s, m = predict_arrays(model, slide, panel, steps=steps, samples=samples, seed=seed + t,
-                                 progress=overall(0.8, 0.2), return_samples=keep_sample, keep_samples=1)
+        t1 = time.perf_counter()
+        p, s, m = predict_arrays(model, slide, panel, steps=run.steps, samples=run.samples, seed=run.seed + t,
+                                 progress=overall(0.8, 0.2), return_samples=run.keep_sample, keep_samples=1)
+        stats["graph_wall_s"] = stats.get("graph_wall_s", 0.0) + t1 - t0
+        stats["sampling_wall_s"] = stats.get("sampling_wall_s", 0.0) + time.perf_counter() - t1
+        stats["spots_with_halo"] = stats.get("spots_with_halo", 0) + len(tile.spots)
         pred[tile.core], sd[tile.core] = p[:core_n], s[:core_n]
         if smp is not None and m is not None:
             smp[:, tile.core] = m[:, :core_n]

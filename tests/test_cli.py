@@ -207,21 +207,6 @@ def test_help_for_every_subcommand(capsys):
     assert ei.value.code == 0 and "--resume" in capsys.readouterr().out
 
 
-def test_only_a_whole_process_command_freezes_the_collector(tmp_path, monkeypatch, capsys):
-    import gc
-
-    gc.unfreeze()
-    try:
-        _fails(capsys, ["evaluate", str(tmp_path / "absent.h5ad")], "absent.h5ad")  # argv given: a caller goes on
-        assert gc.get_freeze_count() == 0
-        monkeypatch.setattr(sys, "argv", ["napari-flag", "evaluate", str(tmp_path / "absent.h5ad")])
-        with pytest.raises(SystemExit):  # the console script: the process ends here, teardown skips collecting
-            main()
-        assert gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
-
-
 def test_cli_errors_are_one_line(run_dir, tmp_path, capsys):
     ck = str(run_dir / "run" / "last.pt")
     out = str(tmp_path / "o.h5ad")

@@ -1,7 +1,6 @@
 """Spatial kNN graph: correctness on known layouts, edge cases, sparse scale."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -88,12 +87,11 @@ def test_subgraph_relabels():
 
 
 def test_50k_spots_sparse():
+    """At whole-slide scale the graph stays k edges per spot (nothing dense in the spot count)."""
     rng = np.random.default_rng(0)
     n = 50_000
     xy = rng.random((n, 2)) * 20_000
     feats = rng.random((n, 64)).astype(np.float32)
-    t = time.perf_counter()
     g = build_spatial_graph(xy, feats, k=8)
-    print(f"\n50k-spot graph: {time.perf_counter() - t:.2f} s, {g.num_edges} edges")
     assert g.num_edges == n * 8
     assert np.isfinite(g.edge_attr.numpy()).all()

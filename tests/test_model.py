@@ -3,14 +3,13 @@ from __future__ import annotations
 
 import io
 import json
-import time
 
 import numpy as np
 import pytest
 import torch
 
 from napari_flag.graph import build_spatial_graph
-from napari_flag.model import EDM, FlagConfig, FlagModel, calls_per_spot, fast_mode, sample_expression
+from napari_flag.model import EDM, FlagConfig, FlagModel, calls_per_spot, sample_expression
 
 S, G, D, DE = 48, 12, 16, 10
 
@@ -348,7 +347,6 @@ def test_edm_schedule():
     torch.testing.assert_close(c_skip + c_out**2 / sd2, torch.ones(3))  # D keeps unit variance split
     torch.testing.assert_close(c_out, s * edm.sigma_data / (s**2 + sd2).sqrt())
     torch.testing.assert_close(c_in**2 * (s**2 + 1), torch.ones(3))
-    torch.testing.assert_close(edm.loss_weight(s) * c_out**2, torch.ones(3))
 
 
 def test_solvers_on_gaussian_data():
@@ -398,37 +396,6 @@ def test_antithetic_pairs(toy, monkeypatch):
     odd = sample_expression(m, h, samples=3, antithetic=True, return_samples=True, generator=gen(), temperature=1.0)
     torch.testing.assert_close(odd["samples"][2], -odd["samples"][0])
     assert sample_expression(m, h, samples=1, antithetic=True, return_samples=True)["samples"].shape[0] == 1
-
-
-def test_cpu_preset_timing():
-    """Prints the cost of the default model on a HER2ST-sized section (no timed assert)."""
-    torch.manual_seed(0)
-    cfg = FlagConfig.preset("cpu")
-    n_spots, n_genes, feat_dim = 180, 200, 1280
-    m = FlagModel(cfg, n_genes, feat_dim, gene_prior=torch.randn(n_genes, 64)).eval()
-    rng = np.random.default_rng(0)
-    feats = rng.random((n_spots, feat_dim)).astype(np.float32)
-    graph = build_spatial_graph(rng.random((n_spots, 2)) * 3000, feats)
-    w = graph.neighbour_matrix()
-    with torch.no_grad():
-        h = m.encode_slide(feats, graph)
-        x, sig = torch.randn(n_spots, n_genes), torch.ones(n_spots, 1)
-        nbr = torch.sparse.mm(w, x)
-        m.denoise(x, sig, h, nbr=nbr)
-        t = time.perf_counter()
-        for _ in range(3):
-            m.denoise(x, sig, h, nbr=nbr)
-        fwd = (time.perf_counter() - t) / 3
-        t = time.perf_counter()
-        out = sample_expression(m, h, neighbours=w)
-        smp = time.perf_counter() - t
-    nfe = calls_per_spot(cfg.sample_steps, cfg.sample_solver, cfg.sample_count,
-                         fast_mode(cfg.sample_mean, cfg.sample_count, cfg.sample_mean_like), cfg.sample_share_first)
-    print(
-        f"\ncpu preset: {m.n_params() / 1e6:.2f} M params; forward {n_spots}x{n_genes}: {fwd * 1e3:.0f} ms; "
-        f"default sample ({cfg.sample_steps} steps x {cfg.sample_count} samples = {nfe} NFE/spot): {smp:.2f} s"
-    )
-    assert out["mean"].shape == (n_spots, n_genes)
 
 
 def test_real_data_smoke(her2st_dir):

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from napari_flag import inference
 from napari_flag.inference import Progress, Result, TileResult, iter_predict

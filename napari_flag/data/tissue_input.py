@@ -182,14 +182,16 @@ def mask_from_record(rec, pixel_size_um: float | None = None, source: str | None
 def _from_prediction(p: Path, fullres_shape) -> TissueMask:
     import anndata as ad
 
+    from ..record import PredictionRecord
+
     with reading(p, "unreadable prediction file"):
         a = ad.read_h5ad(p, backed="r")
         try:
-            rec = dict((a.uns.get("flag") or {}).get("tissue_mask") or {})
-            px = (a.uns.get("flag") or {}).get("pixel_size_um")
-            rec = {k: np.asarray(v) if k in ("packed", "shape") else v for k, v in rec.items()}
+            info = PredictionRecord.of(a)
         finally:
             a.file.close()
+    rec, px = dict(info.tissue_mask or {}), info.pixel_size_um
+    rec = {k: np.asarray(v) if k in ("packed", "shape") else v for k, v in rec.items()}
     if not rec:
         raise fail(p, "records no tissue mask (it was predicted on measured spots, or by an older version)")
     t = mask_from_record(rec, float(px) if px else None, str(p))

@@ -61,10 +61,6 @@ class EDM:
         c_noise = sigma.log() / 4.0
         return c_skip, c_out, c_in, c_noise
 
-    def loss_weight(self, sigma: torch.Tensor) -> torch.Tensor:
-        """lambda(sigma) = 1 / c_out^2: makes the loss on F unit-weighted at every sigma."""
-        return (sigma**2 + self.sigma_data**2) / (sigma * self.sigma_data) ** 2
-
     def sample_sigma(self, n: int, generator=None, device=None) -> torch.Tensor:
         """Training noise levels: log-normal with (P_mean, P_std); a share ``P_max`` at ``sigma_max``.
 

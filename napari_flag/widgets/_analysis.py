@@ -8,16 +8,17 @@ import numpy as np
 
 from .. import layers as L
 from ..errors import FlagInputError
+from ..record import PredictionRecord
 from ..metrics import array_rc, evaluate_adata, in_sample_note, local_morans_i, morans_i, spatial_weights
 
 
 def missing_truth(ad) -> str:
     """Why a prediction cannot be scored, exactly: no measured spots, or none of the model's genes."""
-    info = ad.uns.get("flag", {})
-    sid = info.get("sample_id", "this slide")
-    if info.get("virtual_spots"):
+    info = PredictionRecord.of(ad)
+    sid = info.name
+    if info.virtual_spots:
         return f"{sid} is an image without measured expression (virtual spots): nothing to compare with"
-    share = (info.get("compatibility") or {}).get("gene_share")
+    share = (info.compatibility or {}).get("gene_share")
     if share:
         return f"{sid}: {share.get('message')}; too few to compare"
     return f"{sid}: the slide has no measured expression of the model's genes"
@@ -37,7 +38,7 @@ def evaluation(session, key: str) -> dict:
     ad = L.get_prediction(key)
     if ad is None:
         raise FlagInputError(f"{key}: prediction no longer available")
-    info = ad.uns.get("flag", {})
+    info = PredictionRecord.of(ad)
     truth = ad.layers["truth"] if "truth" in ad.layers else None
     if truth is None or np.isfinite(np.asarray(truth)).all(axis=0).sum() < 2:
         out = _prediction_only(ad, missing_truth(ad))
@@ -66,7 +67,7 @@ def evaluation(session, key: str) -> dict:
 def _prediction_only(ad, why: str) -> dict:
     """Spatial structure of the prediction itself: global Moran's I per gene on the slide's weights."""
     pred = np.asarray(ad.X, dtype=np.float64)
-    W, grid = spatial_weights(np.asarray(ad.obsm["spatial"])[:, :2], array_rc(ad), ad.uns.get("flag", {}).get("grid"))
+    W, grid = spatial_weights(np.asarray(ad.obsm["spatial"])[:, :2], array_rc(ad), PredictionRecord.of(ad).grid)
     return {
         "metrics": {}, "genes": [str(g) for g in ad.var_names], "pcc": None, "moran_true": None,
         "moran_pred": np.asarray(morans_i(pred, W), dtype=np.float64), "mean_true": None,
@@ -91,7 +92,7 @@ def local_moran(session, key: str, gene: str) -> dict[str, np.ndarray]:
     if ev is not None:
         W = ev["W"]
     else:
-        W, _ = spatial_weights(np.asarray(ad.obsm["spatial"])[:, :2], array_rc(ad), ad.uns.get("flag", {}).get("grid"))
+        W, _ = spatial_weights(np.asarray(ad.obsm["spatial"])[:, :2], array_rc(ad), PredictionRecord.of(ad).grid)
     out = {"lisa_pred": local_morans_i(L.gene_values(ad, gene, "pred"), W)}
     if "truth" in ad.layers:
         t = L.gene_values(ad, gene, "truth")

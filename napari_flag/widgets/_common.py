@@ -22,6 +22,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidg
 from .. import layers as L
 from . import _analysis
 from ..errors import FlagInputError
+from ..record import PredictionRecord
 
 log = logging.getLogger("napari_flag")
 
@@ -190,9 +191,9 @@ def prediction_keys(viewer) -> list[str]:
 def prediction_label(key: str) -> str:
     """``"C2 · best.pt"``: slide and model file."""
     ad = L.get_prediction(key)
-    info = ad.uns.get("flag", {}) if ad is not None else {}
-    ck = Path(str(info.get("checkpoint", ""))).name
-    return f"{info.get('sample_id', '?')}{' · ' + ck if ck else ''}"
+    info = PredictionRecord.of(ad)
+    ck = Path(info.checkpoint).name if info.checkpoint else ""
+    return f"{info.sample_id or '?'}{' · ' + ck if ck else ''}"
 
 
 def prediction_labels(keys) -> list[str]:

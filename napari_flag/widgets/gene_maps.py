@@ -23,6 +23,7 @@ from qtpy.QtWidgets import (
 
 from .. import layers as L
 from ..data.panel import SCALE_UNITS
+from ..record import PredictionRecord
 from ._common import FlagWidget, prediction_keys, prediction_labels, prediction_layers, report_errors
 from ._grid import arrange_side_by_side, grid_model, leave_side_by_side
 
@@ -293,7 +294,7 @@ class GeneMapsWidget(FlagWidget):
         expr = self.session.clim or (0.0, 1.0)
         unc = lyrs["std"].metadata.get("clim") if "std" in lyrs else None
         ad = self.session.prediction
-        unit = ad.uns.get("flag", {}).get("transform", "log2p1") if ad is not None else "log2p1"
+        unit = (PredictionRecord.of(ad).transform if ad is not None else "") or "log2p1"
         unit = SCALE_UNITS.get(unit, unit)
         measured = "truth" in lyrs
         self.colorbar.set_limits(gene, expr, unc, unit, measured=measured)

@@ -20,6 +20,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
+from ..record import PredictionRecord
 from . import _analysis
 from ._common import EvaluationJob, FlagWidget, report_errors
 
@@ -156,7 +157,7 @@ class MetricsWidget(EvaluationJob, FlagWidget):
             v = m.get(k, float("nan"))
             self.summary.setItem(i, 1, QTableWidgetItem("–" if not np.isfinite(v) else f"{v:.3f}"))
         ad = self.session.prediction
-        sid = ad.uns.get("flag", {}).get("sample_id", "") if ad is not None else ""
+        sid = PredictionRecord.of(ad).sample_id if ad is not None else ""
         text = f"{sid}: {len(ev['genes'])} genes, {ad.n_obs if ad is not None else '?'} spots (grid: {ev['grid']})"
         if ev.get("note"):  # an in-sample score says little about new slides
             text = f"<b>{ev['note']}</b>: these scores are not a held-out estimate.<br>{text}"

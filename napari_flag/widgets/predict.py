@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 from .. import layers as L
 from ..inference import Notice, Progress, Result, TileResult, iter_predict
 from ..profiling import StageEta
+from ..record import PredictionRecord
 from .partial import PartialPrediction
 from .tissue import detect_into_layer, edited_mask
 from ._common import (
@@ -80,7 +81,7 @@ def add_prediction_layers(viewer, adata, slide_meta: dict | None = None) -> str:
     from napari.layers import Layer
 
     meta = dict(slide_meta or {})
-    info = adata.uns.get("flag", {})
+    info = PredictionRecord.of(adata).to_uns()
     for k in ("pixel_size_um", "spot_diameter_px", "grid", "sample_id"):
         v = meta.get(k)
         unknown = v is None or (isinstance(v, float) and not np.isfinite(v))
