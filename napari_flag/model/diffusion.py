@@ -14,9 +14,8 @@ Data are assumed standardised per gene, so ``sigma_data`` is about 1.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from dataclasses import fields
-from typing import Callable
+from dataclasses import dataclass, fields, replace
+from typing import Any, Callable
 
 import torch
 
@@ -187,42 +186,12 @@ NOISE_BLOCK = 64  # spots per independently seeded block of initial noise
 MEAN_RULES = ("samples", "blend")
 
 
-@torch.no_grad()
-def sample_expression(
-    model,
-    h: torch.Tensor,
-    steps: int | None = None,
-    samples: int | None = None,
-    generator: torch.Generator | None = None,
-    return_samples: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-    clip_min: torch.Tensor | None = None,
-    clip_max: torch.Tensor | None = None,
-    solver: str | None = None,
-    guidance: float | None = None,
-    chunk_rows: int = 128,
-    temperature: float | None = None,
-    antithetic: bool | None = None,
-    mean: str | None = None,
-    mean_like: int | None = None,
-    keep_samples: int | None = None,
-    neighbours: torch.Tensor | None = None,
-    share_first: bool | None = None,
-) -> dict[str, torch.Tensor | None]:
-    """Expression of every spot of a slide, in the model's standardised units.
+@dataclass(frozen=True)
+class SamplerSettings:
+    """How :func:`sample_expression` samples; ``None`` fields take the model config's value.
 
-    ``model`` is the network (a :class:`~napari_flag.model.FlagModel`: ``denoise``,
-    ``predict_regression``, ``edm``, ``cfg``, ``n_genes``); ``h`` its slide
-    condition (S, cond_dim), computed once by ``model.encode_slide``.  Draws
-    ``samples`` (M) samples per spot with a deterministic ``solver`` ODE of
-    ``steps`` steps (defaults: the model config's; see :meth:`EDM.nfe`),
-    ``chunk_rows`` (spot x sample) rows at a time: 128 rows keep a block's
-    activations (200 tokens x width 32) in cache; 256 ran 15-20% slower per
-    spot on a 2-core AVX-512 CPU.  Each sample is clipped to ``[clip_min, clip_max]``
-    (per gene).  ``progress(done, total)`` follows the steps.  ``temperature``
-    scales the initial noise.  ``antithetic`` starts the last ``M//2`` samples
-    from the negated noise of the first ``M//2`` (``std`` is then the
-    population std).
+    The one place the sampler's settings are named: :meth:`resolve` fills the
+    unset ones from a :class:`~napari_flag.model.config.FlagConfig` and checks them.
 
     ``mean`` (default: the config's ``sample_mean``) is how the returned mean
     is formed:
@@ -251,6 +220,96 @@ def sample_expression(
     nearly blind to its pure-noise input, so every sample's first denoised
     estimate is taken as ``c_skip x_k + (D(x_1) - c_skip x_1)``: one call
     instead of M (2 samples x 4 steps: 5 calls per spot, see :func:`calls_per_spot`).
+    """
+
+    steps: int | None = None
+    samples: int | None = None
+    solver: str | None = None
+    guidance: float | None = None
+    chunk_rows: int = 128
+    temperature: float | None = None
+    antithetic: bool | None = None
+    mean: str | None = None
+    mean_like: int | None = None
+    keep_samples: int | None = None
+    share_first: bool | None = None
+
+    @classmethod
+    def build(cls, settings: "SamplerSettings | None" = None, **overrides) -> "SamplerSettings":
+        """``settings`` with ``overrides``; an unknown name is an error naming it."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - names)
+        if unknown:
+            raise TypeError(f"unknown sampler setting {unknown[0]!r} (known: {', '.join(sorted(names))})")
+        return replace(settings or cls(), **{k: v for k, v in overrides.items() if v is not None})
+
+    def resolve(self, cfg) -> "_Resolved":
+        m = int(self.samples or cfg.sample_count)
+        steps = int(self.steps or cfg.sample_steps)
+        rule = self.mean or getattr(cfg, "sample_mean", "samples")
+        if rule not in MEAN_RULES:
+            raise ValueError(f"mean must be one of {MEAN_RULES}, got {rule!r}")
+        like = int(getattr(cfg, "sample_mean_like", m) if self.mean_like is None else self.mean_like)
+        blend, share = sampler_modes(cfg, m, steps, rule, like, self.share_first)
+        return _Resolved(
+            steps=steps, m=m, solver=self.solver or cfg.sample_solver,
+            guidance=cfg.guidance if self.guidance is None else float(self.guidance),
+            chunk_rows=int(self.chunk_rows), like=like,
+            keep=m if self.keep_samples is None else max(0, min(int(self.keep_samples), m)),
+            anti=bool(cfg.sample_antithetic if self.antithetic is None else self.antithetic) and m > 1,
+            blend=blend, share=share,
+            tau=cfg.sample_temperature if self.temperature is None else float(self.temperature))
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    """Sampler settings with every default filled in (what the sampling paths read)."""
+
+    steps: int
+    m: int
+    solver: str
+    guidance: float
+    chunk_rows: int
+    like: int
+    keep: int
+    anti: bool
+    blend: bool
+    share: bool
+    tau: float
+
+
+@torch.no_grad()
+def sample_expression(
+    model,
+    h: torch.Tensor,
+    settings: SamplerSettings | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    return_samples: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+    clip_min: torch.Tensor | None = None,
+    clip_max: torch.Tensor | None = None,
+    neighbours: torch.Tensor | None = None,
+    **overrides,
+) -> dict[str, torch.Tensor | None]:
+    """Expression of every spot of a slide, in the model's standardised units.
+
+    ``model`` is the network (a :class:`~napari_flag.model.FlagModel`: ``denoise``,
+    ``predict_regression``, ``edm``, ``cfg``, ``n_genes``); ``h`` its slide
+    condition (S, cond_dim), computed once by ``model.encode_slide``.  The
+    sampler's settings are a :class:`SamplerSettings` (``settings``, or its
+    fields as keyword arguments; unset ones come from the model's config).  Draws
+    ``samples`` (M) samples per spot with a deterministic ``solver`` ODE of
+    ``steps`` steps (defaults: the model config's; see :meth:`EDM.nfe`),
+    ``chunk_rows`` (spot x sample) rows at a time: 128 rows keep a block's
+    activations (200 tokens x width 32) in cache; 256 ran 15-20% slower per
+    spot on a 2-core AVX-512 CPU.  Each sample is clipped to ``[clip_min, clip_max]``
+    (per gene).  ``progress(done, total)`` follows the steps.  ``temperature``
+    scales the initial noise.  ``antithetic`` starts the last ``M//2`` samples
+    from the negated noise of the first ``M//2`` (``std`` is then the
+    population std).
+
+    How the mean is formed and when the first call is shared: see :class:`SamplerSettings`.
 
     Only what is returned is held: ``mean``, ``std`` and, with
     ``return_samples``, the first ``keep_samples`` samples (default all M).
@@ -266,110 +325,141 @@ def sample_expression(
 
     Returns ``dict(mean=(S, G), std=(S, G), samples=(K, S, G) or None)``.
     """
-    cfg = model.cfg
-    steps = int(steps or cfg.sample_steps)
-    solver = solver or cfg.sample_solver
-    m = int(samples or cfg.sample_count)
-    guidance = cfg.guidance if guidance is None else float(guidance)
-    rule = mean or getattr(cfg, "sample_mean", "samples")
-    if rule not in MEAN_RULES:
-        raise ValueError(f"mean must be one of {MEAN_RULES}, got {rule!r}")
-    like = int(getattr(cfg, "sample_mean_like", m) if mean_like is None else mean_like)
-    keep = m if keep_samples is None else max(0, min(int(keep_samples), m))
+    run = SamplerSettings.build(settings, **overrides).resolve(model.cfg)
     was_training = model.training
     model.eval()
     try:
         h = h.to(model.device, torch.float32)
-        s, g = h.shape[0], model.n_genes
-        lo = None if clip_min is None else torch.as_tensor(clip_min, dtype=torch.float32, device=h.device)
-        hi = None if clip_max is None else torch.as_tensor(clip_max, dtype=torch.float32, device=h.device)
-
-        def clip(x):
-            return torch.clamp(x, min=lo, max=hi) if lo is not None or hi is not None else x
-
-        per = max(1, chunk_rows // m)
-        chunks = [(a, min(a + per, s)) for a in range(0, s, per)]
-        kept = torch.empty(keep, s, g, device=h.device) if return_samples and keep else None
-        if cfg.mode == "regression":
-            pred = torch.empty(s, g, device=h.device)
-            for j, (a, b) in enumerate(chunks):
-                pred[a:b] = clip(model.predict_regression(h[a:b]))
-                if progress is not None:
-                    progress(j + 1, len(chunks))
-            if kept is not None:
-                kept.copy_(pred[None].expand(keep, s, g))
-            return {"mean": pred, "std": torch.zeros_like(pred), "samples": kept if return_samples else None}
-
-        anti = bool(cfg.sample_antithetic if antithetic is None else antithetic) and m > 1
-        blend, share = sampler_modes(cfg, m, steps, rule, like, share_first)
-        tau = cfg.sample_temperature if temperature is None else float(temperature)
-        edm = model.edm
-        noise = _BlockNoise(generator, m, m // 2 if anti else 0, s, g, h.device, edm.sigma_max * tau)
-        total = len(chunks) * steps
-        if getattr(model, "is_joint", False):
+        job = _Job(model, h, run, _clipper(clip_min, clip_max, h.device), progress,
+                   torch.empty(run.keep, h.shape[0], model.n_genes, device=h.device)
+                   if return_samples and run.keep else None)
+        if model.cfg.mode == "regression":
+            mean, std = _sample_regression(job)
+        elif getattr(model, "is_joint", False):
             if neighbours is None:
                 raise ValueError("a joint-denoising model needs the slide's neighbour matrix (neighbours=)")
-            w = neighbours.to(h.device)
-            x = torch.cat([noise.rows(a, b).view(m, b - a, g) for a, b in chunks], dim=1)  # (m, s, g)
-            first: list[torch.Tensor] = []
-            calls = [0, edm.nfe(steps, solver, final_call=not blend) * len(chunks)]  # shared or not, a call per chunk
-
-            def den_all(xr, sg):
-                xs = xr.view(m, s, g)
-                k_eval = 1 if share and not first else m  # the shared first call runs sample 0 only
-                nb = torch.stack([torch.sparse.mm(w, xs[k]) for k in range(k_eval)])  # neighbours, same sigma
-                d = torch.empty_like(xs[:k_eval])
-                for a, b in chunks:
-                    d[:, a:b] = model.denoise(xs[:k_eval, a:b].reshape(-1, g), sg[: k_eval * (b - a)],
-                                              h[a:b].repeat(k_eval, 1), guidance,
-                                              nbr=nb[:, a:b].reshape(-1, g)).view(k_eval, b - a, g)
-                    calls[0] += 1
-                    if progress is not None:  # per chunk, so a whole-slide step can be cancelled
-                        progress(min(calls[0], calls[1]), calls[1])
-                if k_eval < m:
-                    d = _shared_first(d[0], xs, edm.precond(sg[:1])[0])
-                if not first:
-                    first.append(d)
-                return d.reshape(m * s, g)
-
-            x = clip(edm.sample(den_all, x.view(m * s, g), steps, solver, None, final_call=not blend).view(m, s, g))
-            if progress is not None and calls[0] < calls[1]:
-                progress(calls[1], calls[1])
-            if kept is not None:
-                kept.copy_(x[:keep])
-            mean_out, std = _summarise(x, clip(first[0].mean(0)) if blend and first else None, like, anti)
-            return {"mean": mean_out, "std": std, "samples": kept if return_samples else None}
-        mean_out = torch.empty(s, g, device=h.device)
-        std = torch.zeros(s, g, device=h.device)
-        for j, (a, b) in enumerate(chunks):
-            n = b - a
-            hh = h[a:b].repeat(m, 1)  # row r -> spot a + r % n, sample r // n
-            x = noise.rows(a, b)  # (m * n, g)
-            first: list[torch.Tensor] = []
-
-            def den(x, sg, hh=hh, first=first, n=n):
-                if share and not first:  # one call at sigma_max for all M samples
-                    x3 = x.view(m, n, g)
-                    d = _shared_first(model.denoise(x3[0], sg[:n], hh[:n], guidance), x3,
-                                      edm.precond(sg[:1])[0]).view(m * n, g)
-                else:
-                    d = model.denoise(x, sg, hh, guidance)
-                if not first:
-                    first.append(d)  # D(x_T; sigma_max): the one-shot posterior-mean estimate
-                return d
-
-            def step_cb(i, j=j):
-                if progress is not None:
-                    progress(j * steps + i, total)
-
-            x = clip(edm.sample(den, x, steps, solver, step_cb, final_call=not blend).view(m, n, g))
-            if kept is not None:
-                kept[:, a:b] = x[:keep]
-            mu = clip(first[0].view(m, n, g).mean(0)) if blend and first else None
-            mean_out[a:b], std[a:b] = _summarise(x, mu, like, anti)
-        return {"mean": mean_out, "std": std, "samples": kept if return_samples else None}
+            mean, std = _sample_joint(job, _noise(job, generator), neighbours.to(h.device))
+        else:
+            mean, std = _sample_chunked(job, _noise(job, generator))
+        return {"mean": mean, "std": std, "samples": job.kept if return_samples else None}
     finally:
         model.train(was_training)
+
+
+@dataclass
+class _Job:
+    """One call of :func:`sample_expression`: the model, the slide condition, the settings and the outputs."""
+
+    model: Any
+    h: torch.Tensor
+    run: _Resolved
+    clip: Callable[[torch.Tensor], torch.Tensor]
+    progress: Callable[[int, int], None] | None
+    kept: torch.Tensor | None
+
+    @property
+    def chunks(self) -> list[tuple[int, int]]:
+        """Spot ranges of about ``chunk_rows`` (spot x sample) rows."""
+        s, per = self.h.shape[0], max(1, self.run.chunk_rows // self.run.m)
+        return [(a, min(a + per, s)) for a in range(0, s, per)]
+
+
+def _clipper(clip_min, clip_max, device) -> Callable[[torch.Tensor], torch.Tensor]:
+    lo = None if clip_min is None else torch.as_tensor(clip_min, dtype=torch.float32, device=device)
+    hi = None if clip_max is None else torch.as_tensor(clip_max, dtype=torch.float32, device=device)
+    if lo is None and hi is None:
+        return lambda x: x
+    return lambda x: torch.clamp(x, min=lo, max=hi)
+
+
+def _noise(job: _Job, generator) -> "_BlockNoise":
+    r = job.run
+    return _BlockNoise(generator, r.m, r.m // 2 if r.anti else 0, job.h.shape[0], job.model.n_genes, job.h.device,
+                       job.model.edm.sigma_max * r.tau)
+
+
+def _sample_regression(job: _Job):
+    """The regression twin: one deterministic prediction per spot, std 0."""
+    s, g = job.h.shape[0], job.model.n_genes
+    chunks = job.chunks
+    pred = torch.empty(s, g, device=job.h.device)
+    for j, (a, b) in enumerate(chunks):
+        pred[a:b] = job.clip(job.model.predict_regression(job.h[a:b]))
+        if job.progress is not None:
+            job.progress(j + 1, len(chunks))
+    if job.kept is not None:
+        job.kept.copy_(pred[None].expand(job.run.keep, s, g))
+    return pred, torch.zeros_like(pred)
+
+
+def _sample_joint(job: _Job, noise: "_BlockNoise", w: torch.Tensor):
+    """Joint denoising: every step aggregates each spot's neighbours' noisy values, so all spots step together."""
+    model, h, r = job.model, job.h, job.run
+    s, g, m, edm, chunks = h.shape[0], model.n_genes, r.m, model.edm, job.chunks
+    x = torch.cat([noise.rows(a, b).view(m, b - a, g) for a, b in chunks], dim=1)  # (m, s, g)
+    first: list[torch.Tensor] = []
+    calls = [0, edm.nfe(r.steps, r.solver, final_call=not r.blend) * len(chunks)]  # shared or not, a call per chunk
+
+    def den_all(xr, sg):
+        xs = xr.view(m, s, g)
+        k_eval = 1 if r.share and not first else m  # the shared first call runs sample 0 only
+        nb = torch.stack([torch.sparse.mm(w, xs[k]) for k in range(k_eval)])  # neighbours, same sigma
+        d = torch.empty_like(xs[:k_eval])
+        for a, b in chunks:
+            d[:, a:b] = model.denoise(xs[:k_eval, a:b].reshape(-1, g), sg[: k_eval * (b - a)],
+                                      h[a:b].repeat(k_eval, 1), r.guidance,
+                                      nbr=nb[:, a:b].reshape(-1, g)).view(k_eval, b - a, g)
+            calls[0] += 1
+            if job.progress is not None:  # per chunk, so a whole-slide step can be cancelled
+                job.progress(min(calls[0], calls[1]), calls[1])
+        if k_eval < m:
+            d = _shared_first(d[0], xs, edm.precond(sg[:1])[0])
+        if not first:
+            first.append(d)
+        return d.reshape(m * s, g)
+
+    x = job.clip(edm.sample(den_all, x.view(m * s, g), r.steps, r.solver, None, final_call=not r.blend).view(m, s, g))
+    if job.progress is not None and calls[0] < calls[1]:
+        job.progress(calls[1], calls[1])
+    if job.kept is not None:
+        job.kept.copy_(x[: r.keep])
+    return _summarise(x, job.clip(first[0].mean(0)) if r.blend and first else None, r.like, r.anti)
+
+
+def _sample_chunked(job: _Job, noise: "_BlockNoise"):
+    """Spots independent given the condition: each chunk of spots runs its own ODE."""
+    model, h, r = job.model, job.h, job.run
+    s, g, m, edm, chunks = h.shape[0], model.n_genes, r.m, model.edm, job.chunks
+    total = len(chunks) * r.steps
+    mean_out = torch.empty(s, g, device=h.device)
+    std = torch.zeros(s, g, device=h.device)
+    for j, (a, b) in enumerate(chunks):
+        n = b - a
+        hh = h[a:b].repeat(m, 1)  # row r -> spot a + r % n, sample r // n
+        first: list[torch.Tensor] = []
+
+        def den(x, sg, hh=hh, first=first, n=n):
+            if r.share and not first:  # one call at sigma_max for all M samples
+                x3 = x.view(m, n, g)
+                d = _shared_first(model.denoise(x3[0], sg[:n], hh[:n], r.guidance), x3,
+                                  edm.precond(sg[:1])[0]).view(m * n, g)
+            else:
+                d = model.denoise(x, sg, hh, r.guidance)
+            if not first:
+                first.append(d)  # D(x_T; sigma_max): the one-shot posterior-mean estimate
+            return d
+
+        def step_cb(i, j=j):
+            if job.progress is not None:
+                job.progress(j * r.steps + i, total)
+
+        x = job.clip(edm.sample(den, noise.rows(a, b), r.steps, r.solver, step_cb, final_call=not r.blend)
+                     .view(m, n, g))
+        if job.kept is not None:
+            job.kept[:, a:b] = x[: r.keep]
+        mu = job.clip(first[0].view(m, n, g).mean(0)) if r.blend and first else None
+        mean_out[a:b], std[a:b] = _summarise(x, mu, r.like, r.anti)
+    return mean_out, std
 
 
 def _shared_first(d0: torch.Tensor, x: torch.Tensor, c_skip: torch.Tensor) -> torch.Tensor:
