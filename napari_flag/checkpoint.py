@@ -71,66 +71,55 @@ def _cpu(obj: Any) -> Any:
     return obj
 
 
-def save_checkpoint(
-    path: str | Path,
-    *,
-    model_state: dict,
-    method: str,
-    genes: list[str],
-    mean,
-    std,
-    transform: str,
-    encoder: dict,
-    model_config: dict | None = None,
-    train_config: dict | None = None,
-    graph: dict | None = None,
-    feat_dim: int | None = None,
-    gene_prior: torch.Tensor | None = None,
-    prior_mask: torch.Tensor | None = None,
-    step: int = 0,
-    epoch: int = 0,
-    model_raw: dict | None = None,
-    optimizer: dict | None = None,
-    rng: dict | None = None,
-    train_state: dict | None = None,
-    metrics: dict | None = None,
-    **extra: Any,
-) -> Path:
+#: what a checkpoint must say about its model besides the weights (what prediction reads)
+REQUIRED_FIELDS = ("method", "genes", "mean", "std", "transform", "encoder")
+#: what resuming a run needs on top of the weights prediction uses
+RESUME_FIELDS = ("model_raw", "optimizer", "rng", "train_state")
+
+
+def save_checkpoint(path: str | Path, *, model_state: dict, step: int = 0, epoch: int = 0,
+                    metrics: dict | None = None, resume: dict | None = None, **fields: Any) -> Path:
     """Write a checkpoint atomically and return its path.
 
     ``model_state`` is the weights prediction uses (the EMA weights for FLAG, the
-    fitted arrays for a baseline); ``model_raw``, ``optimizer``, ``rng`` and
-    ``train_state`` are what resuming needs on top.
+    fitted arrays for a baseline); ``resume`` holds what resuming needs on top
+    (:data:`RESUME_FIELDS`: raw weights, optimiser, RNG and training state).
+    ``fields`` describe the model: :data:`REQUIRED_FIELDS`, then optionally
+    ``model_config``, ``train_config``, ``graph``, ``feat_dim``, ``gene_prior``,
+    ``prior_mask`` and anything else worth keeping (spot geometry, training slides).
     """
-    path = Path(path)
+    missing = [k for k in REQUIRED_FIELDS if k not in fields]
+    if missing:
+        raise TypeError(f"save_checkpoint: missing {', '.join(missing)}")
+    unknown = sorted(set(resume or {}) - set(RESUME_FIELDS))
+    if unknown:
+        raise TypeError(f"save_checkpoint: unknown resume field {unknown[0]!r}")
+    feat_dim, graph = fields.pop("feat_dim", None), fields.pop("graph", None)
     ckpt = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "version": __version__,
-        "method": str(method),
         "model": model_state,
-        "model_config": model_config,
-        "train_config": train_config,
-        "genes": [str(g) for g in genes],
-        "mean": torch.as_tensor(mean, dtype=torch.float32),
-        "std": torch.as_tensor(std, dtype=torch.float32),
-        "transform": str(transform),
-        "encoder": dict(encoder),
+        "model_config": None,
+        "train_config": None,
+        "gene_prior": None,
+        "prior_mask": None,
+        **fields,
+        "method": str(fields["method"]),
+        "genes": [str(g) for g in fields["genes"]],
+        "mean": torch.as_tensor(fields["mean"], dtype=torch.float32),
+        "std": torch.as_tensor(fields["std"], dtype=torch.float32),
+        "transform": str(fields["transform"]),
+        "encoder": dict(fields["encoder"]),
         "graph": dict(graph or {}),
         "feat_dim": int(feat_dim) if feat_dim is not None else None,
-        "gene_prior": gene_prior,
-        "prior_mask": prior_mask,
         "step": int(step),
         "epoch": int(epoch),
         "metrics": metrics or {},
-        "model_raw": model_raw,
-        "optimizer": optimizer,
-        "rng": rng,
-        "train_state": train_state,
+        **{k: (resume or {}).get(k) for k in RESUME_FIELDS},
     }
-    ckpt.update(extra)
-    _atomic_torch_save(_cpu(ckpt), path)
-    return path
+    _atomic_torch_save(_cpu(ckpt), Path(path))
+    return Path(path)
 
 
 def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict:

@@ -361,7 +361,7 @@ def _truth_from_file(path, genes, transform: str, scale: str = "auto"):
     """
     t = _read_h5ad(path)
     if "truth" in t.layers and scale == "auto":
-        ttr = _flag_info(t, path).get("transform")
+        ttr = _flag_info(t, path).transform
         if ttr is not None and ttr != transform:
             raise FlagInputError(f"{path}: truth is on the {ttr!r} scale but the prediction on {transform!r}")
         mat, names, kind = t.layers["truth"], [str(g) for g in t.var_names], "target"

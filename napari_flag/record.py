@@ -39,7 +39,7 @@ class PredictionRecord:
     network_calls_per_spot: int | None = None
     seed: int = 0
     # values
-    transform: str = "log2p1"
+    transform: str | None = None  # None: not recorded (older files); readers default to log2p1
     scale: str = ""
     truth_genes: int | None = None
     truth_missing_genes: list | None = None

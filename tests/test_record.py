@@ -30,6 +30,7 @@ def test_older_and_foreign_files_open_with_defaults():
     old = PredictionRecord.from_uns({"sample_id": "C4", "steps": 8, "samples": 8, "transform": "log1p",
                                      "some_key_of_the_future": 1})
     assert old.schema_version == 1 and old.sample_id == "C4" and old.transform == "log1p" and old.tissue is None
+    assert PredictionRecord.from_uns({"sample_id": "x"}).transform is None  # not recorded: nothing to check against
     none = PredictionRecord.of(ad.AnnData(np.zeros((1, 1))))
     assert none.schema_version == 0 and none.name == "this slide" and not none.in_training_set
     assert PredictionRecord.from_uns("not a mapping").schema_version == 0

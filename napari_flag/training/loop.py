@@ -459,9 +459,10 @@ class _Run:
             rng["cuda"] = torch.cuda.get_rng_state(self.device)
         st = self.state
         save_checkpoint(
-            path, model_state=self.ema.state_dict(), model_raw=self.model.state_dict(),
-            optimizer=self.opt.state_dict(), rng=rng, train_state=dict(st), step=step,
-            epoch=_epoch_of(step, self.world, self.n_train), metrics=st["history"][-1] if st["history"] else {},
+            path, model_state=self.ema.state_dict(), step=step, epoch=_epoch_of(step, self.world, self.n_train),
+            metrics=st["history"][-1] if st["history"] else {},
+            resume={"model_raw": self.model.state_dict(), "optimizer": self.opt.state_dict(), "rng": rng,
+                    "train_state": dict(st)},
             **self.common,
         )
         self.emit("on_checkpoint", str(path))
@@ -565,8 +566,8 @@ def _fit_baseline(run: _Run) -> TrainResult:
             _json_line(run.log_path, {"event": "validation", **metrics})
     if run.is_main:
         state = {"best": best, "best_step": 1, "bad": 0, "history": history, "status": "finished"}
-        save_checkpoint(run.last_path, model_state=model.state_dict(), step=1, epoch=1, train_state=state,
-                        metrics=history[-1] if history else {}, **run.common)
+        save_checkpoint(run.last_path, model_state=model.state_dict(), step=1, epoch=1,
+                        resume={"train_state": state}, metrics=history[-1] if history else {}, **run.common)
         run.emit("on_checkpoint", str(run.last_path))
     return TrainResult(str(run.out_dir), str(run.last_path), str(run.last_path), 1, 1, "finished", best,
                        list(data.genes), history, time.time() - run.t0, model)
