@@ -133,6 +133,17 @@ def _technology_name(sample: Sample) -> str | None:
     return {"hex": "Visium", "square": "Spatial Transcriptomics"}.get(sample.grid or "")
 
 
+def _thumbnail(arr: np.ndarray, long_side: int = 1000) -> tuple[np.ndarray, float]:
+    """HEST's ``downscaled_fullres`` image (at most ``long_side`` px) and its scale factor."""
+    from PIL import Image
+
+    f = min(1.0, long_side / max(arr.shape[:2]))
+    if f >= 1.0:
+        return arr, 1.0
+    size = (max(1, round(arr.shape[1] * f)), max(1, round(arr.shape[0] * f)))
+    return np.asarray(Image.fromarray(arr).resize(size, Image.LANCZOS)), size[0] / arr.shape[1]
+
+
 def write_hest_sample(
     sample: Sample,
     root: str | Path,
@@ -171,16 +182,7 @@ def write_hest_sample(
     sf: dict = {"spot_diameter_fullres": spot_px}
     st_entry: dict = {"scalefactors": sf, "metadata": {}}
     if wsi_arr is not None:
-        long_side = max(wsi_arr.shape[:2])
-        thumb_f = min(1.0, 1000.0 / long_side)
-        from PIL import Image
-
-        if thumb_f < 1.0:
-            size = (max(1, round(wsi_arr.shape[1] * thumb_f)), max(1, round(wsi_arr.shape[0] * thumb_f)))
-            thumb = np.asarray(Image.fromarray(wsi_arr).resize(size, Image.LANCZOS))
-            thumb_f = size[0] / wsi_arr.shape[1]
-        else:
-            thumb = wsi_arr
+        thumb, thumb_f = _thumbnail(wsi_arr)
         st_entry["images"] = {"downscaled_fullres": thumb}
         sf["tissue_downscaled_fullres_scalef"] = float(thumb_f)
     a.uns["spatial"] = {"ST": st_entry}

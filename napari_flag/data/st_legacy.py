@@ -87,28 +87,7 @@ def read_st_legacy(
     counts = require_file(counts, "counts table")
     spots = require_file(spots, "spot file")
     df = _read_counts(counts)
-    with reading(spots, "unreadable or truncated spot file"):
-        pos = pd.read_csv(spots, sep="\t", engine="c")
-    missing = {"x", "y", "pixel_x", "pixel_y"} - set(pos.columns)
-    if missing:
-        raise fail(spots, f"spot file lacks column(s) {', '.join(sorted(missing))}")
-    if "selected" in pos.columns:
-        sel = numeric_column(spots, pos, "selected")
-        pos = pos[np.nan_to_num(sel) == 1]
-        if len(pos) == 0:
-            raise fail(spots, "no spots selected (no row has selected == 1)")
-    if len(pos) == 0:
-        raise fail(spots, "spot file lists no spots")
-    ax, ay = numeric_column(spots, pos, "x"), numeric_column(spots, pos, "y")
-    bad = ~(np.isfinite(ax) & np.isfinite(ay)) | (ax < 0) | (ay < 0) | (np.maximum(ax, ay) > 1e6)
-    if bad.any():
-        raise fail(spots, f"{int(bad.sum())} spots have a missing, NaN or invalid array position (x, y)")
-    for c in ("pixel_x", "pixel_y"):
-        numeric_column(spots, pos, c)
-    pos = pos.assign(
-        _id=np.rint(ax).astype(np.int64).astype(str) + "x" + np.rint(ay).astype(np.int64).astype(str)
-    ).drop_duplicates("_id").set_index("_id")
-
+    pos = _read_spots(spots)
     xs, ys = _parse_ids(df.index)
     ids = pd.Index([f"{x}x{y}" for x, y in zip(xs, ys)])
     if ids.has_duplicates:
@@ -183,3 +162,29 @@ def read_her2st(dataset_id: str, image: bool = True) -> Sample:
     if files.get("image_problem"):  # why the image is missing, for whoever needs it (prediction)
         s.metadata["image_problem"] = files["image_problem"]
     return s
+
+
+def _read_spots(spots: Path) -> pd.DataFrame:
+    """The selected spots of a spot file, checked, indexed by their ``"{x}x{y}"`` array id."""
+    with reading(spots, "unreadable or truncated spot file"):
+        pos = pd.read_csv(spots, sep="\t", engine="c")
+    missing = {"x", "y", "pixel_x", "pixel_y"} - set(pos.columns)
+    if missing:
+        raise fail(spots, f"spot file lacks column(s) {', '.join(sorted(missing))}")
+    if "selected" in pos.columns:
+        sel = numeric_column(spots, pos, "selected")
+        pos = pos[np.nan_to_num(sel) == 1]
+        if len(pos) == 0:
+            raise fail(spots, "no spots selected (no row has selected == 1)")
+    if len(pos) == 0:
+        raise fail(spots, "spot file lists no spots")
+    ax, ay = numeric_column(spots, pos, "x"), numeric_column(spots, pos, "y")
+    bad = ~(np.isfinite(ax) & np.isfinite(ay)) | (ax < 0) | (ay < 0) | (np.maximum(ax, ay) > 1e6)
+    if bad.any():
+        raise fail(spots, f"{int(bad.sum())} spots have a missing, NaN or invalid array position (x, y)")
+    for c in ("pixel_x", "pixel_y"):
+        numeric_column(spots, pos, c)
+    pos = pos.assign(
+        _id=np.rint(ax).astype(np.int64).astype(str) + "x" + np.rint(ay).astype(np.int64).astype(str)
+    ).drop_duplicates("_id").set_index("_id")
+    return pos

@@ -264,16 +264,9 @@ def detect_tissue(
     level, _ = overview_level(image, target, max_px)
     rgb, f = read_overview(image, target, max_px)
     mask_um = f * float(pixel_size_um) if pixel_size_um else um_per_px
-    params = {
-        "um_per_px": float(um_per_px),
-        "closing_um": float(closing_um),
-        "min_hole_um2": float(min_hole_um2),
-        "min_object_um2": float(min_object_um2),
-        "pale_um": float(pale_um),
-        "max_hole_um2": float(max_hole_um2),
-        "margin_um": float(margin_um),
-        "rule": TISSUE_RULE,
-    }
+    params = {"um_per_px": float(um_per_px), "closing_um": float(closing_um), "min_hole_um2": float(min_hole_um2),
+              "min_object_um2": float(min_object_um2), "pale_um": float(pale_um),
+              "max_hole_um2": float(max_hole_um2), "margin_um": float(margin_um), "rule": TISSUE_RULE}
     # ink and margins come in strokes and bands; a dark speck inside tissue is a nucleus cluster
     ink = _drop_small(_ink(rgb), _MIN_INK_UM2 / mask_um**2, holes=False)
     excluded = ndi.binary_dilation(ink, iterations=max(1, int(round(16.0 / mask_um))))
