@@ -72,7 +72,8 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
     from napari_flag.checkpoint import load_checkpoint, load_model
     from napari_flag.inference import predict_arrays
     from napari_flag.metrics import evaluate
-    from napari_flag.training import SAMPLER_KEYS, TrainConfig, prepare_data, train
+    from napari_flag.model.config import SAMPLER_KEYS
+    from napari_flag.training import TrainConfig, prepare_data, train
 
     val_sec = validation_section(held) if nested else None
     train_ids = [f"her2st:{s}" for s in SECTIONS if s not in (held, val_sec)]

@@ -2,7 +2,7 @@
 
     python scripts/set_sampler.py resources/flag_default.pt sample_count=2 sample_mean=blend sample_mean_like=8
 
-Only sampler keys (``napari_flag.training.loop.SAMPLER_KEYS``) may be set,
+Only sampler keys (``napari_flag.model.config.SAMPLER_KEYS``) may be set,
 since they do not change what the network learned.  The checkpoint is
 written atomically and must load back with ``weights_only=True``.
 """
@@ -15,7 +15,7 @@ import yaml
 from napari_flag._io import atomic_path
 from napari_flag.checkpoint import load_checkpoint
 from napari_flag.model import FlagConfig
-from napari_flag.training.loop import SAMPLER_KEYS
+from napari_flag.model.config import SAMPLER_KEYS
 
 
 def main(argv=None) -> int:

@@ -307,7 +307,7 @@ def test_feature_stats_and_state_roundtrip(toy):
 def test_config_roundtrip_and_presets():
     cfg = FlagConfig.preset("cpu", depth=4)
     d = json.loads(json.dumps(cfg.to_dict()))
-    assert FlagConfig.from_dict({**d, "unknown_future_key": 1}) == cfg
+    assert FlagConfig.from_dict(d) == cfg
     paper = FlagConfig.preset("paper")
     assert (paper.depth, paper.width, paper.heads, paper.graph_layers, paper.align_block) == (12, 384, 6, 6, 8)
     assert paper.align_hidden == (2048, 2048) and paper.lambda_align == 0.5
@@ -591,3 +591,12 @@ def test_training_noise_share_at_sigma_max():
                                (torch.randn(100, generator=torch.Generator().manual_seed(1)) * EDM.P_std
                                 + EDM.P_mean).exp())
     assert EDM.from_config(FlagConfig(P_max=0.3)).P_max == 0.3
+
+
+def test_stored_configs_migrate_old_keys_and_name_unknown_ones():
+    cfg = FlagConfig.preset("cpu").to_dict()
+    assert FlagConfig.from_dict({**cfg, "align_dim": 64}) == FlagConfig.from_dict(cfg)  # an older version's key
+    less = {k: v for k, v in cfg.items() if k != "sample_share_first"}  # a key added since: its default
+    assert FlagConfig.from_dict(less).sample_share_first == FlagConfig().sample_share_first
+    with pytest.raises(ValueError, match="'warp_drive'"):
+        FlagConfig.from_dict({**cfg, "warp_drive": 1})

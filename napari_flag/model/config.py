@@ -10,7 +10,15 @@ import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-__all__ = ["FlagConfig"]
+__all__ = ["FlagConfig", "SAMPLER_KEYS", "LEGACY_KEYS"]
+
+#: keys that only change sampling (prediction, validation), not what is trained: a checkpoint's
+#: sampler can be set after training (``scripts/set_sampler.py``)
+SAMPLER_KEYS = ("sample_solver", "sample_steps", "sample_count", "sample_temperature", "sample_antithetic",
+                "sample_mean", "sample_mean_like", "sample_share_first", "guidance")
+#: keys older checkpoints carry that no longer describe the network, with what became of them
+#: (``None``: dropped, its value is not used any more; a name: renamed to that key)
+LEGACY_KEYS: dict[str, str | None] = {"align_dim": None}
 
 _MODES = ("diffusion", "regression")
 _GRAPH_KINDS = ("transformer", "gatv2")
@@ -183,9 +191,18 @@ class FlagConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "FlagConfig":
-        """Unknown keys are ignored, so checkpoints survive added/removed fields."""
+        """A stored config (a checkpoint's): keys added since read as their defaults, keys of older
+        versions migrated by name (:data:`LEGACY_KEYS`); any other unknown key is an error naming it."""
         names = {f.name for f in fields(cls)}
-        kw = {k: v for k, v in dict(d).items() if k in names}
+        kw: dict[str, Any] = {}
+        for k, v in dict(d).items():
+            if k in LEGACY_KEYS:
+                if LEGACY_KEYS[k] is not None:
+                    kw.setdefault(LEGACY_KEYS[k], v)
+            elif k in names:
+                kw[k] = v
+            else:
+                raise ValueError(f"unknown FlagConfig key {k!r} (a checkpoint from a newer version?)")
         if "align_hidden" in kw:
             kw["align_hidden"] = tuple(kw["align_hidden"])
         return cls(**kw)

@@ -35,6 +35,7 @@ from ..features.encoders import resolve_device
 from ..inference import SlideData, predict_arrays
 from ..metrics import evaluate, jsonable, summarize
 from ..model import BASELINES, FlagConfig, FlagModel
+from ..model.config import LEGACY_KEYS, SAMPLER_KEYS
 from .config import LOWER_IS_BETTER, TrainConfig
 from .data import PreparedData, prepare_data
 
@@ -231,11 +232,6 @@ def _better(a: float, b: float | None, metric: str) -> bool:
     return a < b if metric in LOWER_IS_BETTER else a > b
 
 
-# FlagConfig keys that only change sampling (prediction, validation), not what is trained.
-SAMPLER_KEYS = ("sample_solver", "sample_steps", "sample_count", "sample_temperature", "sample_antithetic",
-                "sample_mean", "sample_mean_like", "sample_share_first", "guidance")
-# Keys older checkpoints carry that no longer describe the network.
-_LEGACY_KEYS = ("align_dim",)
 
 
 def _resume_mismatch(ckpt: dict, cfg: TrainConfig) -> str | None:
@@ -258,7 +254,7 @@ def _resume_mismatch(ckpt: dict, cfg: TrainConfig) -> str | None:
         if key in tc and json.dumps(tc[key], sort_keys=True) != json.dumps(getattr(cfg, key), sort_keys=True):
             return f"checkpoint {key}={tc[key]!r} differs from config {key}={getattr(cfg, key)!r}"
     if not cfg.is_baseline and isinstance(ckpt.get("model_config"), dict):
-        skip = SAMPLER_KEYS + _LEGACY_KEYS
+        skip = SAMPLER_KEYS + tuple(LEGACY_KEYS)
         # through FlagConfig, so a key added since the run was saved reads as its default
         have = {k: v for k, v in FlagConfig.from_dict(ckpt["model_config"]).to_dict().items() if k not in skip}
         want = {k: v for k, v in cfg.flag_config().to_dict().items() if k not in skip}
