@@ -38,7 +38,7 @@ __all__ = [
     "NO_DEFAULT_MODEL",
 ]
 
-NO_DEFAULT_MODEL = "no bundled default model yet; pass --checkpoint"
+NO_DEFAULT_MODEL = "no bundled default model yet"
 
 FORMAT = "napari-flag-checkpoint"
 FORMAT_VERSION = 1
@@ -319,7 +319,7 @@ def _open_model(path, device):
     if path is None:
         path = default_checkpoint_path()
         if not Path(path).is_file():
-            raise FlagInputError(NO_DEFAULT_MODEL)
+            raise FlagInputError(NO_DEFAULT_MODEL, setting="checkpoint")
     ckpt = load_checkpoint(path, map_location="cpu")
     meta = CheckpointMeta({k: v for k, v in ckpt.items() if k not in ("model", *TRAINING_ONLY)})
     meta["path"] = str(Path(path))

@@ -21,13 +21,23 @@ import scipy.sparse as sp
 
 from ._io import atomic_write_text
 from .data.panel import TRANSFORMS, transform_counts
-from .errors import FlagCancelled, FlagInputError
+from .errors import FlagCancelled, FlagInputError, with_remedy
 from .metrics import evaluate_adata, format_table, in_sample_note, jsonable, summarize
 from .record import PredictionRecord
 
 __all__ = ["main", "train_main"]
 
 PROG = "napari-flag"
+
+
+#: what a command-line user does about an error's setting (the widgets say it with their controls)
+CLI_REMEDIES = {
+    "checkpoint": "pass --checkpoint",
+    "pixel_size_um": "pass --pixel-size-um",
+    "spacing_um": "pass --spacing-um",
+    "overwrite": "use --overwrite to replace it",
+    "truth": "pass --truth TRUTH.h5ad",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -99,7 +109,7 @@ def _run(fn, args) -> int:
         print(f"{PROG}: cancelled", file=sys.stderr)
         return 130
     except FlagInputError as exc:
-        _fail(str(exc))
+        _fail(with_remedy(exc, CLI_REMEDIES))
     except (OSError, ValueError) as exc:
         _fail(str(exc) or type(exc).__name__)
     except Exception as exc:  # unexpected: still one line; NAPARI_FLAG_DEBUG=1 shows the traceback
@@ -277,7 +287,7 @@ def _predict_cohort(slides, args, resolve_device) -> int:
             raise
         except (FlagInputError, OSError, ValueError, RuntimeError) as exc:  # this slide only
             failed.append(source)
-            print(f"{PROG}: error: {' '.join(str(exc).split())}", file=sys.stderr, flush=True)
+            print(f"{PROG}: error: {with_remedy(exc, CLI_REMEDIES)}", file=sys.stderr, flush=True)
     tag = f"rank {rank}/{world}: " if world > 1 else ""
     if not args.quiet or failed:
         print(f"{tag}{done} predicted, {skipped} already done, {len(failed)} failed"
@@ -398,7 +408,7 @@ def _evaluate_one(path, truth_path, grid: str, layer: str, truth_scale: str = "a
     truth = None
     if truth_path is None:
         if "truth" not in a.layers:
-            raise FlagInputError(f"{path}: no layers['truth']; pass --truth TRUTH.h5ad")
+            raise FlagInputError(f"{path}: no layers['truth']", setting="truth")
     else:
         tmat, tspots = _truth_from_file(truth_path, genes, str(info.transform or "log2p1"), truth_scale)
         pos = {s: i for i, s in enumerate(tspots)}

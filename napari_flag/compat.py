@@ -43,6 +43,7 @@ class Issue:
     code: str
     level: str
     message: str
+    setting: str | None = None  # what the user can set to fix it (see FlagInputError)
 
     def __post_init__(self) -> None:
         if self.level not in ("warning", "error"):
@@ -92,7 +93,7 @@ def _pixel_issues(sample, patch_um: float, patch_px: int) -> list[Issue]:
                 "pixel_size_unknown", "warning",
                 f"pixel size unknown; patches sized from the spot diameter ({d * scale:.0f} px)",
             )]
-        return [Issue("pixel_size_unknown", "error", "pixel size unknown; pass --pixel-size-um")]
+        return [Issue("pixel_size_unknown", "error", "pixel size unknown", setting="pixel_size_um")]
     side = float(patch_um) / float(sample.pixel_size_um) * scale
     um_px = float(sample.pixel_size_um) / scale
     if side < MIN_PATCH_PX:
@@ -156,4 +157,4 @@ def raise_for_errors(issues: Iterable[Issue], source) -> None:
     """Stop on the first error: ``FlagInputError("<source>: <message>")``."""
     for i in issues:
         if i.is_error:
-            raise FlagInputError(f"{source}: {i.message}")
+            raise FlagInputError(f"{source}: {i.message}", setting=i.setting)

@@ -314,7 +314,7 @@ def _resolve_checkpoint(checkpoint) -> Path:
     if checkpoint is None:
         p = _checkpoint.default_checkpoint_path()  # looked up at call time: one place to point elsewhere
         if not p.is_file():
-            raise FlagInputError(NO_DEFAULT_MODEL)
+            raise FlagInputError(NO_DEFAULT_MODEL, setting="checkpoint")
         return p
     p = Path(checkpoint).expanduser()
     if not p.is_file():
@@ -352,7 +352,7 @@ def model_geometry(meta, spacing_um: float | None = None) -> SpotGeometry:
     if rec:
         return SpotGeometry.from_dict(rec)
     if spacing_um is None:
-        raise FlagInputError(f"{meta.get('path')}: the model records no spot geometry; pass --spacing-um")
+        raise FlagInputError(f"{meta.get('path')}: the model records no spot geometry", setting="spacing_um")
     return SpotGeometry(float(spacing_um) / 2.0, float(spacing_um), "square")
 
 
@@ -658,7 +658,7 @@ def write_prediction(adata, out: str | Path, overwrite: bool = False) -> Path:
     """Write ``.h5ad`` via a temporary file in the same folder, then rename (never half a file)."""
     out = Path(out).expanduser()
     if out.exists() and not overwrite:
-        raise FlagInputError(f"{out}: already exists (use --overwrite to replace it)")
+        raise FlagInputError(f"{out}: already exists", setting="overwrite")
     if not out.parent.is_dir():
         raise FlagInputError(f"{out.parent}: output folder does not exist")
     with atomic_path(out) as tmp:

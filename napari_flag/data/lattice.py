@@ -36,7 +36,7 @@ __all__ = [
 
 LATTICES = ("square", "hex")
 #: what to tell a user whose image has no pixel size
-PIXEL_SIZE_HINT = "pixel size unknown; pass --pixel-size-um"
+PIXEL_SIZE_HINT = "pixel size unknown"
 
 
 def _positive(v, what: str, where: str = "spot geometry") -> float:
@@ -156,7 +156,7 @@ def geometry_of(sample: Sample) -> SpotGeometry:
     if sample.n_spots < 2:
         raise fail(name, "needs at least 2 spots to measure the spot lattice")
     if not sample.pixel_size_um:
-        raise fail(name, PIXEL_SIZE_HINT)
+        raise FlagInputError(f"{name}: {PIXEL_SIZE_HINT}", setting="pixel_size_um")
     px = float(sample.pixel_size_um)
     xy = sample.coords
     obs = sample.adata.obs
@@ -257,7 +257,7 @@ def virtual_spots(
     elif sample.pixel_size_um:
         px = float(sample.pixel_size_um)
     else:
-        raise fail(name, PIXEL_SIZE_HINT)
+        raise FlagInputError(f"{name}: {PIXEL_SIZE_HINT}", setting="pixel_size_um")
     if tissue is None:
         tissue = detect_tissue(sample.image, pixel_size_um=px, source=name)
     s = geometry.spacing_px(px)

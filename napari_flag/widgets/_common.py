@@ -21,7 +21,7 @@ from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QWidg
 
 from .. import layers as L
 from . import _analysis
-from ..errors import FlagInputError
+from ..errors import FlagInputError, with_remedy
 from ..record import PredictionRecord
 
 log = logging.getLogger("napari_flag")
@@ -33,22 +33,42 @@ PRED_ROLES = ("pred", "truth", "std")
 # errors
 
 
+#: what a widget user does about an error's setting (the CLI says it with flags)
+WIDGET_REMEDIES = {
+    "checkpoint": "choose a checkpoint file in Predict expression",
+    "pixel_size_um": "the image records no pixel size: write one into it, or predict from Python with "
+                     "napari_flag.predict(..., pixel_size_um=...)",
+    "spacing_um": "use a checkpoint that records its spot geometry",
+    "overwrite": "choose another file name, or confirm replacing it",
+    "truth": "open a slide with measured spots to compare with",
+}
+
+
 def error_message(exc: BaseException) -> str:
-    """One line for the user: the core's own message, or the exception type and text."""
+    """One line for the user: the core's own message with the widget's remedy, or the exception type and text."""
     if isinstance(exc, FlagInputError):
-        return str(exc)
+        return with_remedy(exc, WIDGET_REMEDIES)
     text = str(exc).splitlines()[0] if str(exc) else ""
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def show_error(exc: BaseException | str) -> None:
-    """A napari notification, never a traceback dialog."""
+    """A one-line napari notification; the traceback goes to napari's log and, for an unexpected
+    error, behind the notification's details view."""
+    from napari.utils.notifications import ErrorNotification, notification_manager
     from napari.utils.notifications import show_error as _show
 
-    msg = exc if isinstance(exc, str) else error_message(exc)
-    if not isinstance(exc, (str, FlagInputError)):
-        log.debug("napari-flag error", exc_info=exc)
-    _show(msg)
+    if isinstance(exc, str):
+        _show(exc)
+        return
+    msg = error_message(exc)
+    log.error("napari-flag: %s", msg, exc_info=exc)
+    if isinstance(exc, FlagInputError):  # the user's input: the line says it all
+        _show(msg)
+        return
+    note = ErrorNotification(exc)
+    note.message = msg
+    notification_manager.dispatch(note)
 
 
 def show_warning(message: str) -> None:
