@@ -51,23 +51,29 @@ def predict(sample, checkpoint: str | Path | None = None, *, steps: int | None =
             bar.close()
 
 
-def evaluate(adata, truth=None, *, layer: str = "X", grid: str | None = None, seed: int = 0) -> dict:
+def evaluate(adata, truth=None, *, layer: str = "X", grid: str | None = None, truth_scale: str = "auto",
+             seed: int = 0) -> dict:
     """Metrics of a prediction (:func:`predict`'s output, or a file it wrote) against the truth.
 
-    ``truth``: a (spots, genes) matrix on the prediction's scale; default
-    ``layers["truth"]``.  ``layer``: ``"X"`` (the mean) or e.g. ``"sample"``.
-    Returns ``{"PCC": ..., "MSE": ..., "GSC": ..., "SSC": ..., ...}`` as
-    defined in the method notes.
+    ``truth``: default ``layers["truth"]``; or a (spots, genes) matrix on the
+    prediction's scale; or an ``.h5ad`` file as a scanpy user keeps it (counts
+    in ``layers['counts']``, ``.raw`` or an integer ``X`` are transformed like
+    the prediction; ``truth_scale`` ``"counts"``/``"target"`` says what they
+    are), matched by spot id.  ``layer``: ``"X"`` (the mean) or e.g.
+    ``"sample"``.  Returns ``{"PCC": ..., "MSE": ..., "GSC": ..., "SSC": ..., ...}``
+    as defined in the method notes.
     """
     from .errors import FlagInputError
     from .metrics import evaluate_adata
+    from .truth import read_h5ad, truth_for
 
     if isinstance(adata, (str, Path)):
-        import anndata as ad
-
-        adata = ad.read_h5ad(adata)
+        adata = read_h5ad(adata)
+    if isinstance(truth, (str, Path)):
+        adata, truth = truth_for(adata, truth, truth_scale)
     if truth is None and "truth" not in adata.layers:
-        raise FlagInputError("the prediction has no layers['truth'] (a slide without measured spots): pass truth=")
+        raise FlagInputError("the prediction has no layers['truth'] (a slide without measured spots)",
+                             setting="truth")
     return evaluate_adata(adata, layer=layer, truth=truth, grid=grid, seed=seed)
 
 

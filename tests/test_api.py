@@ -16,6 +16,10 @@ def test_predict_then_evaluate_in_three_lines(her2st_dir, tmp_path):
     out = tmp_path / "C2.h5ad"
     adata.write_h5ad(out)
     assert nf.evaluate(out)["PCC"] == pytest.approx(m["PCC"])  # a file it wrote works too
+    # a truth file as a scanpy user keeps it: raw counts, matched by spot id
+    counts = nf.load_sample("her2st:C2").adata
+    counts.write_h5ad(tmp_path / "counts.h5ad")
+    assert nf.evaluate(adata, truth=tmp_path / "counts.h5ad")["PCC"] == pytest.approx(m["PCC"], abs=1e-6)
     s = nf.load_sample("her2st:C3")
     assert s.n_spots == 180 and s.image is not None
 
