@@ -10,7 +10,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ._alloc import keep_buffers_mapped
 from .api import evaluate, load_sample, predict
+
+# the allocator settings of napari_flag._alloc, before any thread of ours has a heap of its own
+keep_buffers_mapped()
 
 __version__ = "0.1.0"
 

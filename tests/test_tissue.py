@@ -88,3 +88,48 @@ def test_tissue_mask_drops_specks_and_fills_holes_in_the_section(her2st_tile):
     t = detect_tissue(SlideImage([arr]), pixel_size_um=2.0)
     assert not t.contains(np.array([[715.0, 715.0], [760.0, 60.0]])).any()
     assert t.contains(np.array([[200.0, 200.0], [550.0, 550.0], [375.0, 375.0]])).all()
+
+
+@pytest.mark.parametrize("section", ["C2", "C3", "C4", "C5", "C6"])
+def test_every_measured_spot_lies_inside_the_mask(her2st_dir, section):
+    """The HER2ST images are cropped to dense tumour, with pale stroma and holes at their edges."""
+    s = load_sample(f"her2st:{section}")
+    t = detect_tissue(s.image, s.pixel_size_um, source=s.source)
+    assert t.contains(s.coords).all()
+    assert 0.1 < t.fraction < 0.35  # and the glass around it stays out
+
+
+def test_every_visium_spot_lies_inside_the_mask(visium_dir):
+    s = load_sample(visium_dir)
+    t = detect_tissue(s.image, s.pixel_size_um, source=s.source)
+    assert t.contains(s.coords).all()
+    # the fiducial frame (grey dots on glass, all round the capture area) is not tissue
+    h, w = s.image.fullres_shape
+    frame = np.array([[w * 0.04, h * 0.5], [w * 0.5, h * 0.04], [w * 0.96, h * 0.5], [w * 0.5, h * 0.96]])
+    assert not t.contains(frame).any()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_fat_loose_stroma_and_holes_kept_ink_and_margins_dropped(seed):
+    """Synthetic slides (tests/synthetic_slides.py) with what the HER2ST crops lack, ground truth known."""
+    from synthetic_slides import breast_like
+
+    d = breast_like(1600, seed=seed)
+    t = detect_tissue(SlideImage([d["image"]]), d["pixel_size_um"], source="synthetic")
+    yy, xx = np.mgrid[0:1600:4, 0:1600:4]
+    got = t.contains(np.c_[xx.ravel() + 0.5, yy.ravel() + 0.5]).reshape(yy.shape)
+    sub = {k: d[k][::4, ::4] for k in ("truth", "fat", "ink", "margin")}
+    assert got[sub["fat"]].mean() > 0.97 and got[sub["truth"]].mean() > 0.97
+    assert not got[sub["ink"]].any() and not got[sub["margin"]].any()
+    glass = ~sub["truth"] & ~sub["ink"] & ~sub["margin"]
+    assert got[glass].mean() < 0.05  # only the margin grown around the section
+
+
+def test_glass_with_only_pen_ink_has_no_tissue(tmp_path):
+    from synthetic_slides import breast_like
+
+    d = breast_like(1000, seed=2)
+    img = d["image"].copy()
+    img[d["truth"]] = (238, 236, 240)  # the section wiped off: glass, ink and the margin are left
+    with pytest.raises(FlagInputError, match="no tissue found"):
+        detect_tissue(SlideImage([img]), d["pixel_size_um"], source="ink-only")
