@@ -42,6 +42,15 @@ def _predict(viewer, qtbot, w, steps=2, samples=2, timeout=240_000):
     return done.args[0]
 
 
+def _cancel_after(qtbot, w, signal, timeout=240_000) -> str:
+    """Click Predict, then Cancel once ``signal`` fires; the run's outcome."""
+    with qtbot.waitSignal(w.run_finished, timeout=timeout) as done:
+        with qtbot.waitSignal(signal, timeout=timeout // 2):
+            w.predict_btn.click()
+        w.cancel_btn.click()
+    return done.args[0]
+
+
 def test_image_only_slide_predict_gene_maps_morans_metrics(make_napari_viewer, qtbot, her2st_slide, tmp_path):
     path, _ = her2st_slide("C3", 2)
     viewer = make_napari_viewer(show=True)
@@ -99,11 +108,7 @@ def test_image_only_slide_cancel_leaves_nothing(make_napari_viewer, qtbot, her2s
     w = _dock(viewer, "Predict expression")
     w.form.device.value = "cpu"
     w.form.steps.value = 60
-    with qtbot.waitSignal(w.run_finished, timeout=240_000) as done:
-        with qtbot.waitSignal(w.progress, timeout=120_000):
-            w.predict_btn.click()
-        w.cancel_btn.click()
-    assert done.args == ["cancelled"]
+    assert _cancel_after(qtbot, w, w.progress) == "cancelled"
     assert [lyr.name for lyr in viewer.layers] == before
 
 
@@ -165,10 +170,6 @@ def test_whole_slide_fills_in_tile_by_tile_and_cancel_keeps_tiles_when_asked(mak
     # cancelled after the first tiles, with "keep finished tiles": they stay, as a layer of their own
     w.keep_tiles.setChecked(True)
     w.form.steps.value = 30
-    with qtbot.waitSignal(w.run_finished, timeout=240_000) as done:
-        with qtbot.waitSignal(w.tile_shown, timeout=120_000):
-            w.predict_btn.click()
-        w.cancel_btn.click()
-    assert done.args == ["cancelled"]
+    assert _cancel_after(qtbot, w, w.tile_shown) == "cancelled"
     kept = [lyr for lyr in viewer.layers if "cancelled, kept" in lyr.name]
     assert len(kept) == 1 and 0 < len(kept[0].data) < w.session.prediction.n_obs
