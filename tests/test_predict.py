@@ -157,9 +157,10 @@ def test_no_default_model(monkeypatch, tmp_path, c2):
     from napari_flag.inference import NO_DEFAULT_MODEL, iter_predict
 
     monkeypatch.setattr(ckmod, "default_checkpoint_path", lambda: tmp_path / "none.pt")
-    with pytest.raises(FlagInputError, match="no bundled default model yet; pass --checkpoint"):
+    with pytest.raises(FlagInputError, match="no bundled default model yet") as e:
         next(iter_predict(c2))
-    assert NO_DEFAULT_MODEL == "no bundled default model yet; pass --checkpoint"
+    assert NO_DEFAULT_MODEL == "no bundled default model yet"
+    assert e.value.setting == "checkpoint"  # the CLI says "pass --checkpoint", the widget names its control
 
 
 def test_default_checkpoint_path():
