@@ -6,7 +6,8 @@ own spots see the neighbours they see in a whole-slide run, so the tiles
 agree with it (``benchmarks/virtual_spots.py --tiles`` measures it).  A
 spot's features are computed once, when the first tile that needs it comes;
 each tile's predictions are handed out as soon as they are made, and memory
-for the graph and the sampler is that of a tile, not of the slide.
+for the features (:mod:`napari_flag.tile_features`), the graph and the sampler
+is that of a band of tiles, not of the slide.
 """
 from __future__ import annotations
 
@@ -88,49 +89,52 @@ def predict_tiles(model, sample, encoder, panel, tiles: list[Tile], emit: Callab
     buffers stay in that thread's heap instead of being faulted in again by a
     new thread per tile.
     """
-    from .features import compute_features, load_cached_features, save_features
+    from .features import compute_features
     from .inference import Progress, predict_arrays, prepare_slide
+    from .tile_features import TileFeatures
 
     n, genes = sample.n_spots, len(panel.genes)
-    feats = load_cached_features(sample, encoder, feature_cache)
-    have = np.full(n, feats is not None)
-    if feats is None:
-        feats = np.empty((n, int(encoder.dim)), dtype=np.float32)
+    store = TileFeatures(sample, encoder, feature_cache, tiles)
     pred, sd = np.empty((n, genes), np.float32), np.empty((n, genes), np.float32)
     smp = np.empty((1, n, genes), np.float32) if run.keep_sample else None
     done = 0
     emit(Progress("predicting", 0, n))
-    for t, tile in enumerate(tiles):
-        core_n = len(tile.core)
+    try:
+        for t, tile in enumerate(tiles):
+            core_n = len(tile.core)
 
-        def overall(share0: float, share: float, _base=done, _core=core_n) -> Callable[[int, int], None]:
-            return lambda d, tot: emit(Progress("predicting", _base + int(_core * (share0 + share * d / max(tot, 1))), n))
+            def overall(share0: float, share: float, _base=done, _core=core_n) -> Callable[[int, int], None]:
+                return lambda d, tot: emit(Progress("predicting",
+                                                    _base + int(_core * (share0 + share * d / max(tot, 1))), n))
 
-        need = tile.spots[~have[tile.spots]]
-        if len(need):
-            fs: dict = {}
-            feats[need] = compute_features(_subset(sample, need), encoder, cache=False, progress=overall(0.0, 0.8),
-                                           stats=fs)
-            have[need] = True
-            for k in ("read_cpu_s", "encode_wall_s", "tiles_decoded"):
-                stats[k] = stats.get(k, 0) + fs.get(k, 0)
-        t0 = time.perf_counter()
-        slide = prepare_slide(_subset(sample, tile.spots), encoder, graph, panel, feats=feats[tile.spots])
-        t1 = time.perf_counter()
-        p, s, m = predict_arrays(model, slide, panel, steps=run.steps, samples=run.samples, seed=run.seed + t,
-                                 progress=overall(0.8, 0.2), return_samples=run.keep_sample, keep_samples=1)
-        stats["graph_wall_s"] = stats.get("graph_wall_s", 0.0) + t1 - t0
-        stats["sampling_wall_s"] = stats.get("sampling_wall_s", 0.0) + time.perf_counter() - t1
-        stats["spots_with_halo"] = stats.get("spots_with_halo", 0) + len(tile.spots)
-        pred[tile.core], sd[tile.core] = p[:core_n], s[:core_n]
-        if smp is not None and m is not None:
-            smp[:, tile.core] = m[:, :core_n]
-        done += core_n
-        emit(TileResult(t, len(tiles), tile.core, pred[tile.core], sd[tile.core], sample.coords[tile.core],
-                        tuple(panel.genes), float(sample.spot_diameter_px), sample.pixel_size_um))
-        emit(Progress("predicting", done, n))
-    if have.all():
-        save_features(sample, encoder, feature_cache, feats)
+            need = store.missing(tile.spots)
+            if len(need):
+                fs: dict = {}
+                store.put(need, compute_features(_subset(sample, need), encoder, cache=False,
+                                                 progress=overall(0.0, 0.8), stats=fs), t)
+                for k in ("read_cpu_s", "encode_wall_s", "tiles_decoded"):
+                    stats[k] = stats.get(k, 0) + fs.get(k, 0)
+            t0 = time.perf_counter()
+            slide = prepare_slide(_subset(sample, tile.spots), encoder, graph, panel, feats=store.get(tile.spots))
+            t1 = time.perf_counter()
+            p, s, m = predict_arrays(model, slide, panel, steps=run.steps, samples=run.samples, seed=run.seed + t,
+                                     progress=overall(0.8, 0.2), return_samples=run.keep_sample, keep_samples=1)
+            stats["graph_wall_s"] = stats.get("graph_wall_s", 0.0) + t1 - t0
+            stats["sampling_wall_s"] = stats.get("sampling_wall_s", 0.0) + time.perf_counter() - t1
+            stats["spots_with_halo"] = stats.get("spots_with_halo", 0) + len(tile.spots)
+            stats["features_held_max_mb"] = max(stats.get("features_held_max_mb", 0.0), store.held_bytes / 2**20)
+            store.release(t)
+            pred[tile.core], sd[tile.core] = p[:core_n], s[:core_n]
+            if smp is not None and m is not None:
+                smp[:, tile.core] = m[:, :core_n]
+            done += core_n
+            emit(TileResult(t, len(tiles), tile.core, pred[tile.core], sd[tile.core], sample.coords[tile.core],
+                            tuple(panel.genes), float(sample.spot_diameter_px), sample.pixel_size_um))
+            emit(Progress("predicting", done, n))
+    except BaseException:
+        store.abort()
+        raise
+    store.finish()
     return pred, sd, smp
 
 

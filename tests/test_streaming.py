@@ -52,3 +52,34 @@ def test_tiled_prediction_streams_tiles_and_matches_the_whole_slide(her2st_slide
     r_seed = [np.corrcoef(again.X[:, j], whole.X[:, j])[0, 1] for j in range(out.n_vars)
               if again.X[:, j].std() > 0 and whole.X[:, j].std() > 0]
     assert np.mean(r) > np.mean(r_seed) - 0.02
+
+
+def test_tile_features_hold_a_band_not_the_slide():
+    from types import SimpleNamespace
+
+    from napari_flag.tile_features import TileFeatures
+
+    xy = np.c_[np.tile(np.arange(60), 60), np.repeat(np.arange(60), 60)] * 10.0  # 3,600 spots, raster order
+    tiles = plan_tiles(xy, pitch=10.0, tile_spots=100, halo_pitches=2)
+    sample = SimpleNamespace(n_spots=len(xy))
+    store = TileFeatures(sample, SimpleNamespace(dim=8), False, tiles)
+    feats = np.random.default_rng(0).random((len(xy), 8)).astype(np.float32)
+    held = []
+    for t, tile in enumerate(tiles):
+        need = store.missing(tile.spots)
+        store.put(need, feats[need], t)
+        np.testing.assert_array_equal(store.get(tile.spots), feats[tile.spots])
+        store.release(t)
+        held.append(store.held_bytes)
+    assert max(held) < 0.3 * feats.nbytes and held[-1] == 0  # a band of tiles at most, nothing at the end
+
+
+def test_cancelled_tiled_run_leaves_no_half_cache_entry(her2st_slide, tmp_path, monkeypatch):
+    path, _ = her2st_slide("C3", 4)
+    monkeypatch.setattr(inference, "TILE_SPOTS", 64)
+    run = iter_predict(str(path), steps=1, samples=1, device="cpu", feature_cache=tmp_path)
+    for ev in run:
+        if isinstance(ev, TileResult):
+            break
+    run.close()  # the user cancels after the first tile
+    assert not list(tmp_path.iterdir())  # neither an entry nor a temporary one

@@ -39,6 +39,8 @@ __all__ = [
     "compute_features",
     "load_cached_features",
     "save_features",
+    "cache_entry",
+    "cache_attrs",
     "feature_cache_dir",
     "feature_cache_key",
 ]
@@ -80,7 +82,8 @@ def compute_features(sample, encoder: Encoder | str | None = None, batch_size: i
     return feats
 
 
-def _cache_entry(sample, encoder: Encoder, cache) -> tuple[Path, str] | None:
+def cache_entry(sample, encoder: Encoder, cache: bool | str | Path = True) -> tuple[Path, str] | None:
+    """``(folder, entry name)`` of ``sample``'s features in the cache, ``None`` when caching is off."""
     if cache is False or cache is None:
         return None
     root = feature_cache_dir() if cache is True else Path(cache).expanduser()
@@ -89,17 +92,25 @@ def _cache_entry(sample, encoder: Encoder, cache) -> tuple[Path, str] | None:
 
 def load_cached_features(sample, encoder: Encoder, cache: bool | str | Path = True) -> np.ndarray | None:
     """The features of every spot of ``sample`` from the cache (``cache`` as in :func:`compute_features`), or ``None``."""
-    entry = _cache_entry(sample, encoder, cache)
+    entry = cache_entry(sample, encoder, cache)
     return None if entry is None else read_cached(*entry, (sample.n_spots, int(encoder.dim)))
 
 
 def save_features(sample, encoder: Encoder, cache: bool | str | Path, feats: np.ndarray) -> None:
     """Store the features of every spot of ``sample`` (an unwritable cache only warns)."""
-    entry = _cache_entry(sample, encoder, cache)
+    entry = cache_entry(sample, encoder, cache)
     if entry is None:
         return
     root, key = entry
-    attrs = {
+    try:
+        write_cached(root, key, feats, cache_attrs(sample, encoder))
+    except OSError as exc:  # an unwritable cache must not lose a finished computation
+        warnings.warn(f"feature cache not written to {root}: {exc}", RuntimeWarning, stacklevel=3)
+
+
+def cache_attrs(sample, encoder: Encoder) -> dict:
+    """What a cache entry records about where its features came from."""
+    return {
         "sample_id": str(sample.sample_id),
         "source": str(sample.source or ""),
         "encoder": encoder.name,
@@ -110,10 +121,6 @@ def save_features(sample, encoder: Encoder, cache: bool | str | Path, feats: np.
         "pixel_size_um": sample.pixel_size_um,
         "n_spots": int(sample.n_spots),
     }
-    try:
-        write_cached(root, key, feats, attrs)
-    except OSError as exc:  # an unwritable cache must not lose a finished computation
-        warnings.warn(f"feature cache not written to {root}: {exc}", RuntimeWarning, stacklevel=3)
 
 
 def _encode_spots(sample, encoder: Encoder, side_px: float, batch_size: int,
