@@ -46,7 +46,6 @@ from .features import compute_features, get_encoder
 from .features.encoders import resolve_device
 from .graph import build_spatial_graph
 from .metrics import array_rc
-from ._alloc import keep_buffers_mapped
 from .profiling import PhaseClock
 from .record import PredictionRecord
 from .streaming import TILE_SPOTS, TileResult, plan_tiles, predict_tiles
@@ -452,8 +451,6 @@ def iter_predict(
     clock = PhaseClock()
     sample = yield from _open_stage(sample, pixel_size_um, clock)
     dev = resolve_device(device)
-    if dev.type == "cpu":
-        keep_buffers_mapped()  # before the job, reader and model threads start
     building, meta = start_model_load(ckpt_path, dev)  # the network builds while the slide is prepared
     try:
         panel = GenePanel.from_checkpoint(meta)

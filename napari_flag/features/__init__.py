@@ -131,12 +131,9 @@ def _encode_spots(sample, encoder: Encoder, side_px: float, batch_size: int,
     the image, so each stored tile is decoded once; the features land in the
     spots' own rows.
     """
-    from .._alloc import keep_buffers_mapped
     from .._prefetch import prefetch
 
-    if encoder.device.type == "cpu":
-        keep_buffers_mapped()
-    n = sample.n_spots
+    n = sample.n_spots  # glibc's buffers for the encoder: napari_flag._alloc, set at import
     views = getattr(encoder, "views_um", [encoder.patch_um])
     width = int(encoder.dim) // len(views)
     feats = np.empty((n, width * len(views)), dtype=np.float32)
