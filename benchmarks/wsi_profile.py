@@ -31,22 +31,9 @@ import time
 from pathlib import Path
 
 from _result import command, machine, write_json
-from wsi_scale import build_slide
+from wsi_scale import _CLI, build_slide
 
 REPO = Path(__file__).resolve().parents[1]
-
-#: the CLI's ``main`` from the checkout in argv[1], then its own high-water mark into $WSI_PROFILE_HWM
-_CLI = """
-import os, sys
-sys.path.insert(0, sys.argv[1])
-from napari_flag.cli import main
-try:
-    rc = main(sys.argv[2:])
-finally:
-    hwm = next(int(x.split()[1]) for x in open("/proc/self/status") if x.startswith("VmHWM")) / 1024
-    open(os.environ["WSI_PROFILE_HWM"], "w").write(str(hwm))
-sys.exit(rc)
-"""
 
 _MATMUL = """
 import sys, time, torch
@@ -86,9 +73,11 @@ def run_predict(code: Path, slide: Path, work: Path, tag: str, threads: int, pro
     out, prof, hwm = work / f"{tag}.h5ad", work / f"{tag}.profile.json", work / f"{tag}.hwm"
     for p in (out, prof, hwm):
         p.unlink(missing_ok=True)
-    argv = [sys.executable, "-c", _CLI, str(code), "predict", str(slide), "--out", str(out), "--device", "cpu",
+    argv = [sys.executable, "-c", _CLI, "predict", str(slide), "--out", str(out), "--device", "cpu",
             "--quiet", *extra] + (["--profile", str(prof)] if profile else [])
-    env = dict(os.environ, NAPARI_FLAG_FEATURE_DIR=str(feat), WSI_PROFILE_HWM=str(hwm),
+    # the checkout's package first on the path (before an installed one); wsi_scale's child writes its VmHWM
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+               NAPARI_FLAG_FEATURE_DIR=str(feat), WSI_SCALE_HWM=str(hwm),
                OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     gflops = matmul_gflops(threads)
     t0 = time.perf_counter()

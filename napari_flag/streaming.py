@@ -3,7 +3,7 @@
 Each tile's spots are predicted with the spots within ``halo`` of it (its
 halo): the spatial graph, the graph encoder and joint denoising of a tile's
 own spots see the neighbours they see in a whole-slide run, so the tiles
-agree with it (``benchmarks/virtual_spots.py --tiles`` measures it).  A
+agree with it (``benchmarks/virtual_spots.py --tile-spots`` measures it).  A
 spot's features are computed once, when the first tile that needs it comes;
 each tile's predictions are handed out as soon as they are made, and memory
 for the features (:mod:`napari_flag.tile_features`), the graph and the sampler
@@ -93,8 +93,12 @@ def predict_tiles(model, sample, encoder, panel, tiles: list[Tile], emit: Callab
     from .inference import Progress, predict_arrays, prepare_slide
     from .tile_features import TileFeatures
 
+    from .features.tiles import tile_cached
+
     n, genes = sample.n_spots, len(panel.genes)
     store = TileFeatures(sample, encoder, feature_cache, tiles)
+    # one tile cache for the whole run: a stored tile under two tiles of spots is decoded once
+    sample = replace(sample, image=tile_cached(sample.image))
     pred, sd = np.empty((n, genes), np.float32), np.empty((n, genes), np.float32)
     smp = np.empty((1, n, genes), np.float32) if run.keep_sample else None
     done = 0

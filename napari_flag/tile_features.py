@@ -87,7 +87,7 @@ class TileFeatures:
         return idx[self.block[idx] < 0]
 
     def put(self, idx: np.ndarray, feats: np.ndarray, tile: int) -> None:
-        b = len(self.block_last) and max(self.block_last) + 1
+        b = len(self.block_last)  # blocks are numbered in order and never renumbered
         self.blocks[b], self.block_last[b] = np.ascontiguousarray(feats, np.float32), int(self.last[idx].max())
         self.block[idx], self.row[idx] = b, np.arange(len(idx))
         if self.writer is not None:

@@ -140,6 +140,7 @@ def _encode_spots(sample, encoder: Encoder, side_px: float, batch_size: int,
     # a band is as high as the widest view: consecutive bands share its tiles
     order = reading_order(sample, side_px * max(views) / float(encoder.patch_um))
     cached = replace(sample, image=tile_cached(sample.image))
+    decoded_before = _decoded(cached.image)
     done = 0
     if progress is not None:
         progress(0, n)
@@ -157,8 +158,13 @@ def _encode_spots(sample, encoder: Encoder, side_px: float, batch_size: int,
                 progress(done, n)
     finally:
         batches.close()  # a cancel stops and joins the reader
-        stats["tiles_decoded"] = sum(getattr(lv, "decoded", 0) for lv in cached.image.levels)
+        stats["tiles_decoded"] = _decoded(cached.image) - decoded_before
     return feats
+
+
+def _decoded(image) -> int:
+    """Stored tiles the image's tile caches have decoded so far."""
+    return sum(getattr(lv, "decoded", 0) for lv in image.levels)
 
 
 def _thread_timed(items, stats: dict):

@@ -94,9 +94,12 @@ def tile_cached(image, cache_mb: float = DEFAULT_CACHE_MB):
     """A copy of a :class:`~napari_flag.data.sample.SlideImage` whose chunked levels decode each tile once.
 
     The budget is shared out over the chunked levels (usually only level 0 is
-    read for patches).  Unchunked levels and the image itself are unchanged.
+    read for patches).  Unchunked levels, and an image already tile-cached, are
+    returned as they are (its decoded tiles are kept across calls).
     """
     levels = list(image.levels)
+    if any(isinstance(lv, TileCachedLevel) for lv in levels):
+        return image
     chunked = [i for i, lv in enumerate(levels) if _chunked(lv)]
     if not chunked:
         return image

@@ -81,13 +81,13 @@ def add_prediction_layers(viewer, adata, slide_meta: dict | None = None) -> str:
     from napari.layers import Layer
 
     meta = dict(slide_meta or {})
-    info = PredictionRecord.of(adata).to_uns()
+    info = PredictionRecord.of(adata)
     for k in ("pixel_size_um", "spot_diameter_px", "grid", "sample_id"):
-        v = meta.get(k)
+        v, recorded = meta.get(k), getattr(info, k)
         unknown = v is None or (isinstance(v, float) and not np.isfinite(v))
         # virtual spots: their geometry is the prediction's, the image layer has none
-        if (unknown or info.get("virtual_spots")) and info.get(k) is not None:
-            meta[k] = info[k]
+        if (unknown or info.virtual_spots) and recorded not in (None, "", 0.0):
+            meta[k] = recorded
     session = get_session(viewer)
     key = L.register_prediction(adata)
     gene = session.gene if session.gene in adata.var_names else None
