@@ -168,12 +168,13 @@ def run_section(section: str, runs: Path, work: Path, seed: int, spacings: list[
     if tile_spots:  # the default pitch again, predicted tile by tile with tiles this small
         runs_.append((None, f"default_tiles{tile_spots}", tile_spots))
     for sp, key, tiles in runs_:
-        before = inference.TILE_SPOTS
-        inference.TILE_SPOTS = tiles or before
+        before = inference.TILE_SPOTS, inference.FIRST_TILE_SPOTS
+        if tiles:  # every tile this small
+            inference.TILE_SPOTS = inference.FIRST_TILE_SPOTS = tiles
         try:
             res["virtual"][key] = v = _virtual(path, measured, truth, genes, kw, sp, model_spacing, seed)
         finally:
-            inference.TILE_SPOTS = before
+            inference.TILE_SPOTS, inference.FIRST_TILE_SPOTS = before
         print(f"[{section}] spot " + " ".join(f"{k}={res['spot_mode'][k]:.3f}" for k in KEYS)
               + f" | virtual {key} " + " ".join(f"{k}={v[k]:.3f}" for k in KEYS)
               + f" | within0.75={v['within_075_spacing']:.3f} outside={v['virtual_outside_covered']:.3f} "

@@ -48,7 +48,7 @@ from .graph import build_spatial_graph
 from .metrics import array_rc
 from .profiling import PhaseClock
 from .record import PredictionRecord
-from .streaming import TILE_SPOTS, TileResult, plan_tiles, predict_tiles
+from .streaming import FIRST_TILE_SPOTS, TILE_SPOTS, TileResult, plan_tiles, predict_tiles
 from .model import network_calls, sample_expression, sampler_modes
 
 __all__ = [
@@ -112,10 +112,15 @@ class SlideData:
     targets: torch.Tensor | None = None  # (S, G) standardised, finite
     truth: np.ndarray | None = None  # (S, G) target scale, NaN for genes the slide lacks
     gene_ok: np.ndarray | None = None  # (G,) bool, genes present in the slide
+    views: list | None = None  # training only: [(feats, graph)] of re-stained copies (stain augmentation)
 
     @property
     def n_spots(self) -> int:
         return int(self.feats.shape[0])
+
+    def view(self, k: int) -> tuple[torch.Tensor, Any]:
+        """Features and graph of copy ``k``: 0 is the slide as scanned, 1.. its re-stained copies."""
+        return (self.feats, self.graph) if k == 0 else self.views[k - 1]
 
     def to(self, device) -> "SlideData":
         return SlideData(
@@ -128,6 +133,7 @@ class SlideData:
             None if self.targets is None else self.targets.to(device),
             self.truth,
             self.gene_ok,
+            None if self.views is None else [(f.to(device), g.to(device)) for f, g in self.views],
         )
 
 
@@ -598,9 +604,9 @@ def _tile_plan(sample, tiles: bool):
     if not tiles or sample.has_counts or sample.metadata.get("technology") != "virtual":
         return None
     pitch_px = float(sample.metadata["inter_spot_dist_um"]) / float(sample.pixel_size_um)
-    if sample.n_spots <= 2 * TILE_SPOTS:
+    if sample.n_spots <= 2 * FIRST_TILE_SPOTS:
         return None
-    return plan_tiles(sample.coords, pitch_px, tile_spots=TILE_SPOTS)
+    return plan_tiles(sample.coords, pitch_px, tile_spots=TILE_SPOTS, first_spots=FIRST_TILE_SPOTS)
 
 
 def _truth_info(panel: GenePanel, slide: SlideData) -> dict:

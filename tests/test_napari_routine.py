@@ -156,6 +156,7 @@ def test_whole_slide_fills_in_tile_by_tile_and_cancel_keeps_tiles_when_asked(mak
     from napari_flag import inference
 
     monkeypatch.setattr(inference, "TILE_SPOTS", 64)  # this small slide in several tiles
+    monkeypatch.setattr(inference, "FIRST_TILE_SPOTS", 32)
     path, _ = her2st_slide("C3", 4)
     viewer = make_napari_viewer(show=True)
     viewer.open(str(path), plugin=PLUGIN)

@@ -29,6 +29,7 @@ def test_tiles_partition_the_spots_with_a_halo():
 def test_tiled_prediction_streams_tiles_and_matches_the_whole_slide(her2st_slide, tmp_path, monkeypatch):
     path, _ = her2st_slide("C3", 4)
     monkeypatch.setattr(inference, "TILE_SPOTS", 64)
+    monkeypatch.setattr(inference, "FIRST_TILE_SPOTS", 32)
     events = list(iter_predict(str(path), steps=2, samples=2, device="cpu", feature_cache=tmp_path))
     tiles = [e for e in events if isinstance(e, TileResult)]
     out = events[-1].adata
@@ -77,6 +78,7 @@ def test_tile_features_hold_a_band_not_the_slide():
 def test_cancelled_tiled_run_leaves_no_half_cache_entry(her2st_slide, tmp_path, monkeypatch):
     path, _ = her2st_slide("C3", 4)
     monkeypatch.setattr(inference, "TILE_SPOTS", 64)
+    monkeypatch.setattr(inference, "FIRST_TILE_SPOTS", 32)
     run = iter_predict(str(path), steps=1, samples=1, device="cpu", feature_cache=tmp_path)
     for ev in run:
         if isinstance(ev, TileResult):

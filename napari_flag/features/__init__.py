@@ -49,7 +49,7 @@ __all__ = [
 def compute_features(sample, encoder: Encoder | str | None = None, batch_size: int = 16,
                      cache: bool | str | Path = True,
                      progress: Callable[[int, int], None] | None = None,
-                     stats: dict | None = None) -> np.ndarray:
+                     stats: dict | None = None, augment=None) -> np.ndarray:
     """``float32 (n_spots, encoder.dim)`` features of the patches around every spot.
 
     ``encoder``: an :class:`Encoder`, a name for :func:`get_encoder`, or ``None``
@@ -61,7 +61,9 @@ def compute_features(sample, encoder: Encoder | str | None = None, batch_size: i
     :class:`~napari_flag.errors.FlagCancelled`) aborts without writing.  ``stats``
     (a dict) receives where the time went: ``read_cpu_s`` (the reader thread's
     CPU seconds: tile decoding and resampling), ``encode_wall_s`` and
-    ``tiles_decoded``.
+    ``tiles_decoded``.  ``augment``: a :class:`~napari_flag.features.stain.StainJitter`
+    (or any callable on ``uint8 (N, H, W, 3)`` batches with a ``key``) applied
+    to every patch before encoding; its key is part of the cache entry's name.
     """
     if encoder is None or isinstance(encoder, str):
         encoder = get_encoder(encoder or DEFAULT_ENCODER)
@@ -72,6 +74,8 @@ def compute_features(sample, encoder: Encoder | str | None = None, batch_size: i
     if n == 0:
         return np.zeros(shape, dtype=np.float32)
     side = patch_side_px(sample, encoder.patch_um)
+    if augment is not None:
+        encoder = _Augmented(encoder, augment)
     hit = load_cached_features(sample, encoder, cache)
     if hit is not None:
         if progress is not None:
@@ -80,6 +84,17 @@ def compute_features(sample, encoder: Encoder | str | None = None, batch_size: i
     feats = _encode_spots(sample, encoder, side, batch_size, progress, stats if stats is not None else {})
     save_features(sample, encoder, cache, feats)
     return feats
+
+
+class _Augmented:
+    """An encoder seen through an augmentation: the same encoder, another cache name."""
+
+    def __init__(self, encoder: Encoder, augment):
+        self._encoder, self.augment = encoder, augment
+        self.name = f"{encoder.name}+{augment.key}"
+
+    def __getattr__(self, attr):
+        return getattr(self._encoder, attr)
 
 
 def cache_entry(sample, encoder: Encoder, cache: bool | str | Path = True) -> tuple[Path, str] | None:
@@ -135,6 +150,7 @@ def _encode_spots(sample, encoder: Encoder, side_px: float, batch_size: int,
 
     n = sample.n_spots  # glibc's buffers for the encoder: napari_flag._alloc, set at import
     views = getattr(encoder, "views_um", [encoder.patch_um])
+    pxs = getattr(encoder, "views_px", [encoder.patch_px] * len(views))
     width = int(encoder.dim) // len(views)
     feats = np.empty((n, width * len(views)), dtype=np.float32)
     # a band is as high as the widest view: consecutive bands share its tiles
@@ -145,13 +161,16 @@ def _encode_spots(sample, encoder: Encoder, side_px: float, batch_size: int,
     if progress is not None:
         progress(0, n)
     stats.update(read_cpu_s=0.0, encode_wall_s=0.0, tiles_decoded=0)
-    batches = prefetch(_thread_timed(read_views(cached, order, views, encoder.patch_px, batch_size), stats),
-                       depth=3)
+    reads = read_views(cached, order, views, pxs, batch_size)
+    augment = getattr(encoder, "augment", None)
+    if augment is not None:  # in the reader thread, like the reading
+        reads = ((i, [augment(b) for b in batch]) for i, batch in reads)
+    batches = prefetch(_thread_timed(reads, stats), depth=3)
     try:
         for idx, patches in batches:
             t0 = time.perf_counter()
             for v, batch in enumerate(patches):
-                feats[idx, v * width : (v + 1) * width] = encoder.encode(batch)
+                feats[idx, v * width : (v + 1) * width] = encoder.encode(batch, pxs[v])
             stats["encode_wall_s"] += time.perf_counter() - t0
             done += len(idx)
             if progress is not None:

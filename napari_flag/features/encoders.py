@@ -78,6 +78,7 @@ class Encoder:
     channels_last: bool = False  # feed NHWC tensors (faster for convnets under oneDNN)
     tta: bool = False  # average the features of the 8 flips/rotations of each patch
     context: float | None = None  # also encode a patch this many times wider, concatenated
+    context_px: int | None = None  # the context patch's input side (None: patch_px)
     mean: Sequence[float] = IMAGENET_MEAN  # on the 0-1 scale
     std: Sequence[float] = IMAGENET_STD
 
@@ -89,26 +90,26 @@ class Encoder:
         std = torch.tensor(self.std, device=x.device, dtype=x.dtype).view(1, 3, 1, 1) * 255.0
         return (x - mean) / std
 
-    def encode(self, patches: np.ndarray) -> np.ndarray:
-        """``uint8 (N, H, W, 3)`` patches to ``float32 (N, dim)`` features.
+    def encode(self, patches: np.ndarray, px: int | None = None) -> np.ndarray:
+        """``uint8 (N, H, W, 3)`` patches to ``float32 (N, view_dim)`` features of one view.
 
-        Patches of another size are resized to ``patch_px`` (antialiased bilinear).
+        Patches of another size are resized to ``px`` (default ``patch_px``;
+        antialiased bilinear).
         """
         patches = np.asarray(patches)
         if patches.ndim == 3:
             patches = patches[None]
         if patches.ndim != 4 or patches.shape[-1] != 3:
             raise ValueError(f"patches must be (N, H, W, 3), got {patches.shape}")
+        px = int(px or self.patch_px)
+        step = self.batch_size_for(px)
         out = np.empty((len(patches), self.view_dim), dtype=np.float32)
         with torch.inference_mode():
-            for s in range(0, len(patches), self.batch_size):
-                chunk = np.ascontiguousarray(patches[s : s + self.batch_size])
+            for s in range(0, len(patches), step):
+                chunk = np.ascontiguousarray(patches[s : s + step])
                 x = torch.from_numpy(chunk).to(self.device).permute(0, 3, 1, 2).float()
-                if x.shape[-2:] != (self.patch_px, self.patch_px):
-                    x = F.interpolate(
-                        x, size=(self.patch_px, self.patch_px), mode="bilinear",
-                        align_corners=False, antialias=True,
-                    )
+                if x.shape[-2:] != (px, px):
+                    x = F.interpolate(x, size=(px, px), mode="bilinear", align_corners=False, antialias=True)
                 x = self._normalise(x)
                 fmt = torch.channels_last if self.channels_last else torch.contiguous_format
                 if self.tta:  # H&E has no canonical orientation: the dihedral group's mean is invariant
@@ -118,6 +119,15 @@ class Encoder:
                     y = self._forward(x.contiguous(memory_format=fmt))
                 out[s : s + len(chunk)] = y.float().cpu().numpy()
         return out
+
+    def batch_size_for(self, px: int) -> int:
+        """Patches per forward pass at input side ``px`` (``batch_size`` unless a subclass sizes it)."""
+        return int(self.batch_size)
+
+    @property
+    def views_px(self) -> list[int]:
+        """Input side of each view, in the order of :attr:`views_um`."""
+        return [int(self.patch_px)] + ([int(self.context_px or self.patch_px)] if self.context else [])
 
     @property
     def view_dim(self) -> int:
@@ -158,7 +168,8 @@ class EfficientNetLite0Encoder(Encoder):
         self.dim = EfficientNetLite0.dim
         self.patch_um, self.patch_px = float(patch_um), int(patch_px)
         self.device = resolve_device(device)
-        self.batch_size = int(batch_size) if batch_size else self.default_batch_size(self.device, self.patch_px)
+        self._fixed_batch = int(batch_size) if batch_size else None
+        self.batch_size = self._fixed_batch or self.default_batch_size(self.device, self.patch_px)
         self.weights_id = file_identity(path)
         # strict load first, then fold BatchNorm for speed; the features are unchanged
         self.model = load_lite0(path).fuse_bn().to(self.device, memory_format=torch.channels_last)
@@ -179,6 +190,9 @@ class EfficientNetLite0Encoder(Encoder):
 
         per_patch = 96 * (patch_px // 2) ** 2 * 4
         return max(1, min(32, (MMAP_THRESHOLD - 1) // per_patch))
+
+    def batch_size_for(self, px: int) -> int:
+        return self._fixed_batch or self.default_batch_size(self.device, px)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model.features(x)
@@ -248,13 +262,16 @@ class TimmEncoder(Encoder):
 
 
 def get_encoder(name: str = DEFAULT_ENCODER, device="auto", weights: str | Path | None = None,
-                tta: bool = False, context: float | None = None, **kw) -> Encoder:
+                tta: bool = False, context: float | None = None, context_px: int | None = None,
+                **kw) -> Encoder:
     """An encoder by name: ``"efficientnet_lite0"`` (built in) or ``"timm:<arch>"`` with local ``weights``.
 
     ``tta``: features averaged over the 8 flips/rotations of each patch (8x the
     encoder's cost).  ``context``: a second patch ``context`` times wider around
-    each spot is encoded too and its features concatenated (``dim`` doubles).
-    Both are part of the encoder's name, so cached features never mix.
+    each spot is encoded too and its features concatenated (``dim`` doubles);
+    ``context_px`` is its input side (default the spot patch's ``patch_px``: a
+    smaller side costs less, the context being the coarse view).  All are part
+    of the encoder's name, so cached features never mix.
     """
     if isinstance(name, Encoder):
         return name
@@ -270,6 +287,11 @@ def get_encoder(name: str = DEFAULT_ENCODER, device="auto", weights: str | Path 
         enc.context = float(context)
         enc.dim = int(enc.dim) * 2
         enc.name = f"{enc.name}+ctx{float(context):g}"
+        if context_px is not None and int(context_px) != int(enc.patch_px):
+            if int(context_px) < 32:
+                raise FlagInputError(f"encoder context_px: must be at least 32 pixels, got {context_px}")
+            enc.context_px = int(context_px)
+            enc.name = f"{enc.name}@{int(context_px)}px"
     if tta:
         enc.tta = True
         enc.name = f"{enc.name}+tta"

@@ -65,15 +65,20 @@ def reading_order(sample, band_px: float) -> np.ndarray:
     return np.lexsort((xy[:, 0], band)).astype(np.int64)
 
 
-def read_views(sample, idx: np.ndarray, views_um: Sequence[float], patch_px: int = 224,
+def read_views(sample, idx: np.ndarray, views_um: Sequence[float], patch_px: int | Sequence[int] = 224,
                batch_size: int = 32) -> Iterator[tuple[np.ndarray, list[np.ndarray]]]:
-    """Yield ``(spot indices, [uint8 (B, patch_px, patch_px, 3) per view])`` for batches of ``idx``.
+    """Yield ``(spot indices, [uint8 (B, px, px, 3) per view])`` for batches of ``idx``.
 
-    Every view of a batch of spots is read together, so the tiles they share
-    are decoded once when the image is :func:`~napari_flag.features.tiles.tile_cached`.
+    ``patch_px``: one input side for every view, or one per view.  Every view
+    of a batch of spots is read together, so the tiles they share are decoded
+    once when the image is :func:`~napari_flag.features.tiles.tile_cached`; a
+    view with fewer pixels than the image has is read from the coarsest
+    pyramid level that still covers it (:meth:`SlideImage.read_region`).
     """
     idx = np.asarray(idx, dtype=np.int64)
+    pxs = [int(patch_px)] * len(views_um) if np.isscalar(patch_px) else [int(p) for p in patch_px]
     batch_size = max(int(batch_size), 1)
     for s in range(0, len(idx), batch_size):
         sel = idx[s : s + batch_size]
-        yield sel, [next(extract_patches(sample, sel, side_um, patch_px, len(sel))) for side_um in views_um]
+        yield sel, [next(extract_patches(sample, sel, side_um, px, len(sel)))
+                    for side_um, px in zip(views_um, pxs)]

@@ -42,6 +42,11 @@ class TrainConfig:
     feature_cache: bool | str = True  # True: default cache folder; a path: that folder; False: no cache
     graph_k: int = 8
     graph_radius_um: float | None = None
+    # stain augmentation: this many re-stained copies of each training slide (features cached
+    # per copy), one drawn per step beside the original; 0 = none.  augment_range: JitterRanges
+    # fields (stain, brightness, contrast, blur, jpeg) overriding its defaults.
+    augment_views: int = 0
+    augment_range: dict = field(default_factory=dict)
 
     # --- model -------------------------------------------------------------
     method: str = "flag"
@@ -88,18 +93,33 @@ class TrainConfig:
         if self.genes is not None:
             self.genes = [str(g) for g in self.genes]
         for name in ("n_genes", "steps", "batch_spots", "graph_k", "val_every", "val_steps",
-                     "val_samples", "patience", "ckpt_every", "log_every", "seed", "feature_batch"):
+                     "val_samples", "patience", "ckpt_every", "log_every", "seed", "feature_batch", "augment_views"):
             setattr(self, name, int(getattr(self, name)))
         for name in ("lr", "weight_decay", "ema_decay", "grad_clip"):
             setattr(self, name, float(getattr(self, name)))
         if self.epochs is not None:
             self.epochs = int(self.epochs)
+        self.augment_range = dict(self.augment_range or {})
+        if self.augment_views < 0:
+            raise FlagInputError(f"augment_views must be >= 0, got {self.augment_views}")
+        if self.augment_range:
+            self.jitter_ranges()  # an unknown range name fails here, not after the features
         if self.steps < 0 or self.n_genes < 1:
             raise FlagInputError("steps must be >= 0 and n_genes >= 1")
         if self.val_metric not in METRIC_KEYS:
             raise FlagInputError(f"val_metric: unknown {self.val_metric!r}; use one of {', '.join(METRIC_KEYS)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise FlagInputError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+
+    def jitter_ranges(self):
+        """The stain augmentation's :class:`~napari_flag.features.stain.JitterRanges`."""
+        from ..features.stain import JitterRanges
+
+        names = {f.name for f in fields(JitterRanges)}
+        unknown = sorted(set(self.augment_range) - names)
+        if unknown:
+            raise FlagInputError(f"augment_range: unknown key(s) {', '.join(unknown)}; use {', '.join(sorted(names))}")
+        return JitterRanges(**self.augment_range)
 
     # -- construction ------------------------------------------------------
     @classmethod

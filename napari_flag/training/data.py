@@ -55,13 +55,45 @@ def load_samples(sources, progress: StageProgress | None = None) -> list:
     return out
 
 
-def _prepare(sample, encoder, cfg, panel: GenePanel | None, progress: StageProgress | None) -> SlideData:
+def _prepare(sample, encoder, cfg, panel: GenePanel | None, progress: StageProgress | None,
+             augment: bool = False) -> SlideData:
     def cb(done, total, _sid=sample.sample_id):
         if progress:
             progress(f"features {_sid}", done, total)
 
-    return prepare_slide(sample, encoder, {"k": cfg.graph_k, "radius_um": cfg.graph_radius_um}, panel,
-                         feature_cache=cfg.feature_cache, batch_size=cfg.feature_batch, progress=cb)
+    graph = {"k": cfg.graph_k, "radius_um": cfg.graph_radius_um}
+    slide = prepare_slide(sample, encoder, graph, panel, feature_cache=cfg.feature_cache,
+                          batch_size=cfg.feature_batch, progress=cb)
+    if augment and cfg.augment_views > 0:
+        slide.views = _stain_views(sample, encoder, cfg, graph, progress)
+    return slide
+
+
+def _stain_views(sample, encoder, cfg, graph: dict, progress: StageProgress | None) -> list:
+    """``[(feats, graph)]`` of ``cfg.augment_views`` re-stained copies of a training slide.
+
+    Each copy is one stain and scanner variation of the whole slide (a lab's
+    protocol shifts every patch alike); the draws depend on the seed and the
+    slide, so the feature cache serves every run with the same settings.
+    """
+    from ..features import compute_features
+    from ..features.stain import draw_jitters
+    from ..graph import build_spatial_graph
+    from ..inference import spot_coords_um
+
+    seed = int.from_bytes(f"{cfg.seed}:{sample.sample_id}".encode(), "little") % (2**32)
+    views = []
+    for k, jit in enumerate(draw_jitters(cfg.augment_views, seed, cfg.jitter_ranges())):
+        def cb(done, total, _k=k):
+            if progress:
+                progress(f"re-stained copy {_k + 1} of {sample.sample_id}", done, total)
+
+        f = np.ascontiguousarray(compute_features(sample, encoder, batch_size=cfg.feature_batch,
+                                                  cache=cfg.feature_cache, progress=cb, augment=jit),
+                                 dtype=np.float32)
+        g = build_spatial_graph(spot_coords_um(sample), f, k=int(graph["k"]), radius_um=graph["radius_um"])
+        views.append((torch.from_numpy(f), g))
+    return views
 
 
 def _gene_prior(cfg, genes: list[str]):
@@ -132,7 +164,7 @@ def prepare_data(
         _require_genes(train_s, panel.genes)
     if encoder is None:
         encoder = make_encoder(cfg.encoder, device, cfg.encoder_kw)
-    train = [_prepare(s, encoder, cfg, panel, progress) for s in train_s]
+    train = [_prepare(s, encoder, cfg, panel, progress, augment=True) for s in train_s]
     val = [_prepare(s, encoder, cfg, panel, progress) for s in val_s]
     prior, mask = _gene_prior(cfg, list(panel.genes))
     return PreparedData(

@@ -410,8 +410,11 @@ class _Run:
         for g in self.opt.param_groups:
             g["lr"] = lr
         self.model.train()
+        feats, graph = sl.feats, sl.graph
+        if sl.views:  # stain augmentation: the slide as scanned or one of its re-stained copies
+            feats, graph = sl.view(int(torch.randint(len(sl.views) + 1, ())))
         nb = (self.nbr_w[si], sl.targets, idx) if self.model.is_joint else None
-        losses = self.step_mod(sl.feats, sl.graph, x0, idx, nb)
+        losses = self.step_mod(feats, graph, x0, idx, nb)
         self.opt.zero_grad(set_to_none=True)
         losses["loss"].backward()
         params = [p for p in self.model.parameters() if p.grad is not None]
