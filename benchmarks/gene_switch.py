@@ -92,13 +92,13 @@ def main(argv=None) -> int:
     from qtpy.QtWidgets import QApplication
 
     from napari_flag import layers as L
-    from napari_flag.widgets._common import get_session
     from napari_flag.widgets.gene_maps import GeneMapsWidget
+    from napari_flag.widgets.session import get_session
 
     if args.points:
-        from napari_flag.widgets import _common
+        from napari_flag.widgets import painting
 
-        _common.RASTER_MIN_SPOTS = 10**12
+        painting.RASTER_MIN_SPOTS = 10**12
     sample, res = make_slide(args.spots, args.genes)
     viewer = napari.Viewer(show=True)
     viewer.window._qt_window.resize(1600, 1000)
@@ -106,7 +106,7 @@ def main(argv=None) -> int:
         viewer.add_layer(Layer.create(*t))
     slide = viewer.layers["synthetic H&E"]
     meta = dict(slide.metadata, slide_layer=slide.name)
-    key = L.register_prediction(res, meta["sample_key"])
+    key = L.new_prediction_key(res)
     for t in L.prediction_to_layer_data(res, res.var_names[0], meta=meta, key=key):
         viewer.add_layer(Layer.create(*t))
     maps = GeneMapsWidget(viewer)

@@ -10,10 +10,11 @@ geometry is decided once:
   image scale ``pixel_size_um / image.scale``.  Without a known pixel size the
   world unit is the full-res pixel.
 * a Points ``size`` is a diameter in data units: the real spot diameter.
-* layers carry plain metadata (ids, pixel size, grid, role) plus a key into
-  the module-level registries below, which hold the heavy objects (the
-  :class:`~napari_flag.data.sample.Sample`, the prediction AnnData) so that
-  layer metadata stays small and copyable.
+* layers carry plain metadata (ids, pixel size, grid, role, a key naming the
+  slide or prediction they belong to) and the object they show: the
+  :class:`~napari_flag.data.sample.Sample` under :data:`SAMPLE`, the
+  prediction AnnData under :data:`PREDICTION`.  Nothing else holds them, so
+  they are freed with the last layer that carries them.
 
 Only numpy is imported (``features`` are plain dicts of arrays, which napari
 turns into its table): this module is safe in headless code, in worker
@@ -22,40 +23,36 @@ threads and in tests without a display.
 from __future__ import annotations
 
 import itertools
-import threading
-from typing import Any
 
 import numpy as np
 
+from .data.panel import SCALE_UNITS
 from .record import PredictionRecord
 
-from .data.panel import SCALE_UNITS
-
 __all__ = [
-    "ROLE",
     "EXPRESSION_COLORMAP",
-    "UNCERTAINTY_COLORMAP",
     "LISA_COLORMAP",
-    "register_sample",
-    "get_sample",
-    "register_prediction",
-    "get_prediction",
-    "forget_prediction",
+    "PREDICTION",
+    "ROLE",
+    "SAMPLE",
+    "UNCERTAINTY_COLORMAP",
+    "SpotRaster",
+    "gene_values",
+    "image_layer_data",
+    "new_prediction_key",
+    "new_sample_key",
+    "panel_name",
+    "percentile_limits",
+    "prediction_to_layer_data",
+    "sample_metadata",
+    "sample_to_layer_data",
+    "spot_raster",
+    "spots_layer_data",
+    "symmetric_limits",
+    "top_genes",
+    "values_layer_data",
     "world_scale",
     "world_units",
-    "sample_metadata",
-    "image_layer_data",
-    "spots_layer_data",
-    "sample_to_layer_data",
-    "top_genes",
-    "percentile_limits",
-    "symmetric_limits",
-    "gene_values",
-    "prediction_to_layer_data",
-    "panel_name",
-    "values_layer_data",
-    "SpotRaster",
-    "spot_raster",
 ]
 
 #: metadata key naming what a layer is ("slide", "spots", "pred", "truth", "std", ...)
@@ -64,48 +61,24 @@ EXPRESSION_COLORMAP = "viridis"
 UNCERTAINTY_COLORMAP = "magma"
 LISA_COLORMAP = "bwr"
 
-_lock = threading.Lock()
+#: metadata key of the :class:`~napari_flag.data.sample.Sample` a slide's layers show
+SAMPLE = "flag_sample"
+#: metadata key of the prediction AnnData a prediction's layers show
+PREDICTION = "flag_prediction"
+
 _counter = itertools.count(1)
-_SAMPLES: dict[str, Any] = {}
-_PREDICTIONS: dict[str, Any] = {}
 
 
-def register_sample(sample) -> str:
-    """Keep ``sample`` alive for the session and return its registry key."""
-    with _lock:
-        key = f"{sample.sample_id}#{next(_counter)}"
-        _SAMPLES[key] = sample
-    return key
+def new_sample_key(sample) -> str:
+    """A fresh key naming the layers of one opened ``sample`` (``"C2#3"``)."""
+    return f"{sample.sample_id}#{next(_counter)}"
 
 
-def get_sample(key: str | None):
-    """The registered sample, or ``None`` (e.g. a layer from a saved session)."""
-    return _SAMPLES.get(key) if key else None
-
-
-def forget_sample(key: str) -> None:
-    """Drop a sample from the registry (the viewer shows none of its layers any more)."""
-    with _lock:
-        _SAMPLES.pop(key, None)
-
-
-def register_prediction(adata) -> str:
-    """Keep a prediction AnnData while its layers are shown and return its key."""
+def new_prediction_key(adata) -> str:
+    """A fresh key naming the layers of one prediction (``"pred:C2#4"``); the
+    number grows with every key, so later runs sort after earlier ones."""
     sid = PredictionRecord.of(adata).sample_id or "pred"
-    with _lock:
-        key = f"pred:{sid}#{next(_counter)}"
-        _PREDICTIONS[key] = adata
-    return key
-
-
-def get_prediction(key: str | None):
-    return _PREDICTIONS.get(key) if key else None
-
-
-def forget_prediction(key: str) -> None:
-    """Drop a prediction from the registry (its layers are gone)."""
-    with _lock:
-        _PREDICTIONS.pop(key, None)
+    return f"pred:{sid}#{next(_counter)}"
 
 
 # ---------------------------------------------------------------------------
@@ -123,9 +96,10 @@ def world_units(pixel_size_um: float | None) -> tuple[str, str]:
 
 
 def sample_metadata(sample, key: str | None, role: str) -> dict:
-    """Small, picklable facts about a sample, for ``layer.metadata``."""
+    """Facts about a sample for ``layer.metadata``, and the sample itself under :data:`SAMPLE`."""
     return {
         ROLE: role,
+        SAMPLE: sample,
         "sample_key": key,
         "sample_id": str(sample.sample_id),
         "source": None if sample.source is None else str(sample.source),
@@ -216,9 +190,9 @@ def spots_layer_data(sample, key: str | None = None, genes: list[str] | None = N
     return (data, kwargs, "points")
 
 
-def sample_to_layer_data(sample, n_genes: int = 20, register: bool = True) -> list:
-    """Image (when present) and spots (when present) of a sample, registered for the widgets."""
-    key = register_sample(sample) if register else None
+def sample_to_layer_data(sample, n_genes: int = 20) -> list:
+    """Image (when present) and spots (when present) of a sample; both carry the sample and one key."""
+    key = new_sample_key(sample)
     out = []
     img = image_layer_data(sample, key)
     if img is not None:
@@ -330,7 +304,7 @@ def virtual_spots_layer_data(adata, meta: dict, key: str | None, sid: str):
     for col in ("array_row", "array_col"):
         if col in adata.obs:
             feats[col] = np.asarray(adata.obs[col])
-    m = dict(meta, **{ROLE: "virtual_spots", "prediction_key": key, "sample_id": sid})
+    m = dict(meta, **{ROLE: "virtual_spots", PREDICTION: adata, "prediction_key": key, "sample_id": sid})
     kwargs = dict(
         name=f"{sid} virtual spots", size=float(meta.get("spot_diameter_px") or 1.0), scale=world_scale(ps),
         units=world_units(ps), features=feats, face_color="transparent", border_color="white",
@@ -343,11 +317,12 @@ def prediction_to_layer_data(adata, gene: str | None = None, meta: dict | None =
     """Prediction, uncertainty and (when present) truth as Points layers.
 
     ``meta`` is the slide's layer metadata (pixel size, spot diameter, sample
-    key); ``key`` the prediction's registry key.  ``features`` holds the spot
+    key); ``key`` names the prediction's layers.  ``features`` holds the spot
     id and the chosen gene's ``value`` (shown on hover); the full matrices stay
-    in the AnnData (registry), since a wide ``features`` table makes every
-    recolouring in napari several times slower.  Prediction and truth share
-    one contrast range.  Order: prediction, truth, uncertainty.
+    in the AnnData, which every layer carries under :data:`PREDICTION`, since
+    a wide ``features`` table makes every recolouring in napari several times
+    slower.  Prediction and truth share one contrast range.  Order:
+    prediction, truth, uncertainty.
     """
     meta = dict(meta or {})
     genes = [str(g) for g in adata.var_names]
@@ -365,8 +340,8 @@ def prediction_to_layer_data(adata, gene: str | None = None, meta: dict | None =
         out.append(virtual_spots_layer_data(adata, meta, key, str(sid)))
     for r in roles:
         clim = percentile_limits(vals[r]) if r == "std" else shared
-        m = dict(meta, **{ROLE: r, "prediction_key": key, "gene": gene, "sample_id": str(sid), "clim": clim,
-                          "values": unit})
+        m = dict(meta, **{ROLE: r, PREDICTION: adata, "prediction_key": key, "gene": gene, "sample_id": str(sid),
+                          "clim": clim, "values": unit})
         cmap = UNCERTAINTY_COLORMAP if r == "std" else EXPRESSION_COLORMAP
         out.append(
             values_layer_data(

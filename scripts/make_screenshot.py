@@ -51,7 +51,7 @@ def main(argv=None) -> int:
 
     from napari_flag._demo import run_demo
     from napari_flag.checkpoint import default_checkpoint_path
-    from napari_flag.widgets._common import get_session
+    from napari_flag.widgets.session import get_session
 
     ckpt = args.checkpoint
     if ckpt is None and default_checkpoint_path().is_file():

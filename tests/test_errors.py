@@ -11,7 +11,7 @@ from napari_flag.errors import FlagInputError, with_remedy
 
 def test_one_problem_two_remedies():
     pytest.importorskip("napari")
-    from napari_flag.widgets._common import WIDGET_REMEDIES, error_message
+    from napari_flag.widgets.notify import WIDGET_REMEDIES, error_message
 
     exc = FlagInputError("slide.jpg: pixel size unknown", setting="pixel_size_um")
     assert with_remedy(exc, CLI_REMEDIES) == "slide.jpg: pixel size unknown; pass --pixel-size-um"
@@ -24,7 +24,7 @@ def test_widget_errors_keep_their_traceback_in_the_log(caplog, monkeypatch):
     pytest.importorskip("napari")
     from napari.utils.notifications import notification_manager
 
-    from napari_flag.widgets._common import show_error
+    from napari_flag.widgets.notify import show_error
 
     seen = []
     monkeypatch.setattr(notification_manager, "dispatch", lambda n: seen.append(n))

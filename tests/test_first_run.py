@@ -184,16 +184,14 @@ def test_first_prediction_is_not_numbered():
     import anndata as ad
 
     from napari_flag import layers as L
-    from napari_flag.widgets._common import prediction_labels
+    from napari_flag.widgets.lookup import prediction_labels
 
     def pred():
         a = ad.AnnData(np.zeros((2, 1), np.float32))
         a.uns["flag"] = {"sample_id": "C2", "checkpoint": "/x/flag_default.pt"}
-        return L.register_prediction(a)
+        return L.new_prediction_key(a), a
 
-    L.register_sample(type("S", (), {"sample_id": "C2"})())  # the shared counter moves on
-    k1, k2 = pred(), pred()
-    assert prediction_labels([k1]) == ["C2 · flag_default.pt"]
-    assert prediction_labels([k2, k1]) == ["C2 · flag_default.pt (run 2)", "C2 · flag_default.pt"]
-    for k in (k1, k2):
-        L.forget_prediction(k)
+    L.new_sample_key(type("S", (), {"sample_id": "C2"})())  # the shared counter moves on
+    (k1, a1), (k2, a2) = pred(), pred()
+    assert prediction_labels([k1], [a1]) == ["C2 · flag_default.pt"]
+    assert prediction_labels([k2, k1], [a2, a1]) == ["C2 · flag_default.pt (run 2)", "C2 · flag_default.pt"]

@@ -20,7 +20,7 @@ def test_her2st_reader_geometry_and_metadata(c2_layers):
     (img, ik, it), (pts, pk, pt) = c2_layers
     assert (it, pt) == ("image", "points")
     md = pk["metadata"]
-    sample = L.get_sample(md["sample_key"])
+    sample = md[L.SAMPLE]
     assert sample is not None and sample.sample_id == "C2"
     ps = sample.pixel_size_um
     assert 0.5 < ps < 1.0  # legacy ST: ~0.7-0.8 um per full-res pixel
@@ -33,11 +33,12 @@ def test_her2st_reader_geometry_and_metadata(c2_layers):
     # image: level 0 pixel -> full-res px / image.scale, then microns
     assert ik["scale"] == pytest.approx((ps / sample.image.scale,) * 2)
     assert ik["rgb"] and ik["multiscale"] == sample.image.is_multiscale
-    # picklable-ish metadata and a registry key, the same on both layers
-    for k in ("sample_id", "source", "pixel_size_um", "grid", "sample_key", L.ROLE):
+    # plain facts, a key and the Sample itself, the same on both layers
+    for k in ("sample_id", "source", "pixel_size_um", "grid", "sample_key", L.ROLE, L.SAMPLE):
         assert k in md and k in ik["metadata"]
     assert md["source"] == "her2st:C2" and md["grid"] == "square"
     assert ik["metadata"]["sample_key"] == md["sample_key"]
+    assert ik["metadata"][L.SAMPLE] is sample
     # hover values: spot id, total counts and log2(1+count) of the top genes
     f = pk["features"]
     assert list(f)[:2] == ["spot", "total_counts"] and len(f["spot"]) == sample.n_spots
@@ -51,7 +52,7 @@ def test_visium_reader(visium_dir):
 
     layers = napari_get_reader(str(visium_dir))(str(visium_dir))
     (img, ik, _), (pts, pk, _) = layers
-    s = L.get_sample(pk["metadata"]["sample_key"])
+    s = pk["metadata"][L.SAMPLE]
     assert s.grid == "hex" and len(pts) == s.n_spots == 2695
     # lowres PNG: one level-0 pixel is 1/tissue_lowres_scalef full-res pixels
     assert ik["scale"][0] == pytest.approx(s.pixel_size_um / s.image.scale)

@@ -38,7 +38,7 @@ def trainer(viewer):
 
 
 def test_trainer_asks_before_replacing_a_run(make_napari_viewer, tmp_path, monkeypatch):
-    import napari_flag.widgets._common as C
+    import napari_flag.widgets.notify as C
 
     run = tmp_path / "run"
     run.mkdir()

@@ -97,9 +97,9 @@ def test_demo_fits_1080p_with_gene_maps_in_front(demo, qtbot, tmp_path):
 def test_after_predict_side_by_side_and_export(demo, qtbot, tmp_path):
     from napari_flag._demo import docked_widget
     from napari_flag.checkpoint import default_checkpoint_path
-    from napari_flag.widgets._common import get_session
     from napari_flag.widgets._grid import grid_model
     from napari_flag.widgets.export import write_figure
+    from napari_flag.widgets.session import get_session
 
     viewer = demo
     assert default_checkpoint_path().is_file()

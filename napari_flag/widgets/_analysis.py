@@ -1,5 +1,5 @@
-"""Slide metrics of a prediction, computed once per viewer and shared by the
-Metrics and Moran's I widgets (both only display what
+"""Slide metrics of a prediction, computed once per viewer (the session keeps
+them) and shared by the Metrics and Moran's I widgets (both only display what
 :func:`napari_flag.metrics.evaluate_adata` returns, the function
 ``napari-flag evaluate`` uses too)."""
 from __future__ import annotations
@@ -8,8 +8,15 @@ import numpy as np
 
 from .. import layers as L
 from ..errors import FlagInputError
+from ..metrics import (
+    array_rc,
+    evaluate_adata,
+    in_sample_note,
+    local_morans_i,
+    morans_i,
+    spatial_weights,
+)
 from ..record import PredictionRecord
-from ..metrics import array_rc, evaluate_adata, in_sample_note, local_morans_i, morans_i, spatial_weights
 
 
 def missing_truth(ad) -> str:
@@ -24,29 +31,24 @@ def missing_truth(ad) -> str:
     return f"{sid}: the slide has no measured expression of the model's genes"
 
 
-def evaluation(session, key: str) -> dict:
-    """``dict(metrics, pcc, moran_true, moran_pred, mean_true, mean_pred, genes, W, grid, note)``.
+def evaluation(ad, key: str) -> dict:
+    """``dict(metrics, pcc, moran_true, moran_pred, mean_true, mean_pred, genes, W, grid, note)``
+    of prediction ``ad`` (named ``key`` in messages).
 
     Genes the slide does not measure (NaN truth columns) are left out.  A
     prediction without truth gets its own global Moran's I per gene only
-    (``moran_true`` is ``None``, ``metrics`` empty, ``missing`` says why).  Safe
-    to call from a worker thread; cached in ``session`` (one per viewer).
+    (``moran_true`` is ``None``, ``metrics`` empty, ``missing`` says why).
+    Safe to call from a worker thread; the widget stores the result in the
+    session (:meth:`~napari_flag.widgets.session.FlagSession.store_evaluation`).
     """
-    hit = cached(session, key)
-    if hit is not None:
-        return hit
-    ad = L.get_prediction(key)
     if ad is None:
         raise FlagInputError(f"{key}: prediction no longer available")
     info = PredictionRecord.of(ad)
-    truth = ad.layers["truth"] if "truth" in ad.layers else None
+    truth = ad.layers.get("truth")
     if truth is None or np.isfinite(np.asarray(truth)).all(axis=0).sum() < 2:
-        out = _prediction_only(ad, missing_truth(ad))
-        with session.lock:
-            session.evaluations[key] = out
-        return out
+        return _prediction_only(ad, missing_truth(ad))
     metrics, det = evaluate_adata(ad, return_details=True)
-    out = {
+    return {
         "metrics": metrics,
         "genes": det["genes"],
         "pcc": np.asarray(det["pcc"], dtype=np.float64),
@@ -59,9 +61,6 @@ def evaluation(session, key: str) -> dict:
         "note": in_sample_note(info),
         "missing": None,
     }
-    with session.lock:
-        session.evaluations[key] = out
-    return out
 
 
 def _prediction_only(ad, why: str) -> dict:
@@ -75,20 +74,10 @@ def _prediction_only(ad, why: str) -> dict:
     }
 
 
-def forget(session, key: str) -> None:
-    with session.lock:
-        session.evaluations.pop(key, None)
-
-
-def cached(session, key: str | None) -> dict | None:
-    with session.lock:
-        return session.evaluations.get(key) if key else None
-
-
 def local_moran(session, key: str, gene: str) -> dict[str, np.ndarray]:
     """Local Moran's I of one gene, measured and predicted, on the SSC weights."""
-    ad = L.get_prediction(key)
-    ev = cached(session, key)
+    ad = session.prediction_of(key)
+    ev = session.evaluation(key)
     if ev is not None:
         W = ev["W"]
     else:

@@ -20,7 +20,7 @@ share the slide's array (no pixel copy), only a texture per panel.
 
 On large slides (``RASTER_MIN_SPOTS`` spots or more) the panel in each pair is
 not the Points layer but an image of the same spots
-(:func:`~napari_flag.widgets._common.sync_panel_map`): the Points stay in the
+(:func:`~napari_flag.widgets.painting.sync_panel_map`): the Points stay in the
 layer list, hidden, and come back when the grid is left.  On a software
 renderer three panels of 5,000 point sprites cost 60-70 ms a frame, three
 images a few ms.
@@ -30,16 +30,14 @@ from __future__ import annotations
 import math
 
 from .. import layers as L
-from ._common import (
-    PANEL_MAP,
-    find_panel_layer,
+from .lookup import (
     flag_meta,
     focus_on_spots,
+    predicted_map,
     prediction_layers,
     show_scale_bar,
-    sync_panel_map,
-    wants_raster,
 )
+from .painting import PANEL_MAP, find_panel_layer, sync_panel_map, wants_raster
 
 PANEL_ORDER = ("pred", "truth", "std", "lisa_pred", "lisa_truth")
 _HIDDEN_KEY = "_flag_hidden_by_grid"
@@ -185,7 +183,7 @@ def leave_side_by_side(viewer, key: str | None) -> None:
             fm.get("prediction_key") == key and fm.get(L.ROLE) in PANEL_ORDER and fm.get(L.ROLE) != "pred"
         ):
             lyr.visible = False
-    pred = prediction_layers(viewer, key, ("pred",)).get("pred") if key else None
+    pred = predicted_map(viewer, key)
     if pred is not None:
         pred.visible = True
         ll = viewer.layers

@@ -1,7 +1,7 @@
 """Export: the current prediction as ``.h5ad`` and CSV, and a PNG figure of the maps in view.
 
 An existing file is never replaced without asking
-(:func:`napari_flag.widgets._common.confirm_overwrite`).
+(:func:`napari_flag.widgets.notify.confirm_overwrite`).
 """
 from __future__ import annotations
 
@@ -12,7 +12,10 @@ from magicgui.widgets import Container, FileEdit, LineEdit, SpinBox
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout
 
-from ._common import FlagWidget, may_write, report_errors, show_error
+from .base import FlagWidget
+from .lookup import flag_meta, prediction_layers
+from .notify import may_write, report_errors, show_error
+from .painting import panel_map_layer
 
 
 def write_csv(adata, path: Path, layer: str | None = None) -> Path:
@@ -39,7 +42,6 @@ def figure_panels(viewer, key: str | None) -> list:
     """The Points layers a figure of the view shows: every panel in side-by-side
     mode, else the visible maps of prediction ``key`` (the predicted map when
     none is visible)."""
-    from ._common import panel_map_layer, prediction_layers
     from ._grid import PANEL_ORDER, grid_model
 
     pl = prediction_layers(viewer, key, PANEL_ORDER)
@@ -88,7 +90,7 @@ def _scale_bar(ax, span_um: float, units: str) -> None:
     nice = [v for v in (50, 100, 200, 500, 1000, 2000, 5000) if v <= span_um / 4] or [span_um / 4]
     length = nice[-1]
     x0, x1 = ax.get_xlim()
-    y0, y1 = ax.get_ylim()  # y grows downwards: y0 is the bottom
+    y0, _ = ax.get_ylim()  # y grows downwards: y0 is the bottom
     pad = 0.04 * (x1 - x0)
     xe, yb = x1 - pad, y0 - pad
     ax.plot([xe - length, xe], [yb, yb], color="black", lw=3, solid_capstyle="butt")
@@ -104,7 +106,6 @@ def write_figure(viewer, key: str | None, path: Path, scale: float = 2.0) -> Pat
     the canvas), so the file looks the same whatever the window size.
     """
     import matplotlib
-
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.collections import EllipseCollection
     from matplotlib.colors import ListedColormap, Normalize
@@ -112,7 +113,6 @@ def write_figure(viewer, key: str | None, path: Path, scale: float = 2.0) -> Pat
 
     from .. import layers as L
     from ..errors import FlagInputError
-    from ._common import flag_meta
     from ._grid import _slide_layer
 
     panels = figure_panels(viewer, key)

@@ -1,7 +1,7 @@
 """Gene maps: pick a gene, see predicted vs measured (and uncertainty) side by side.
 
 Switching gene only rewrites one feature column per layer and its contrast
-limits (see :func:`napari_flag.widgets._common.apply_gene`); on large slides the
+limits (see :func:`napari_flag.widgets.painting.apply_gene`); on large slides the
 panels are images of the spots, so the repaint stays under the 100 ms budget on
 a 5,000-spot slide even on a software renderer (``benchmarks/gene_switch.py``).
 Layout of the side-by-side view: :mod:`napari_flag.widgets._grid`.
@@ -24,8 +24,11 @@ from qtpy.QtWidgets import (
 from .. import layers as L
 from ..data.panel import SCALE_UNITS
 from ..record import PredictionRecord
-from ._common import FlagWidget, prediction_keys, prediction_labels, prediction_layers, report_errors
 from ._grid import arrange_side_by_side, grid_model, leave_side_by_side
+from .base import FlagWidget
+from .lookup import prediction_keys, prediction_labels, prediction_layers
+from .notify import report_errors
+from .painting import panel_map_layer
 
 
 class ColorbarCanvas(QWidget):
@@ -224,8 +227,6 @@ class GeneMapsWidget(FlagWidget):
     # -- legend
     def _lisa_limits(self):
         """Range of the local Moran's I maps of the current prediction, when there are any."""
-        from ._common import panel_map_layer
-
         lyrs = prediction_layers(self.viewer, self.session.prediction_key, ("lisa_pred", "lisa_truth"))
         for lyr in lyrs.values():
             img = panel_map_layer(self.viewer, lyr)
@@ -258,7 +259,7 @@ class GeneMapsWidget(FlagWidget):
         keys = prediction_keys(self.viewer)
         self.pred_combo.blockSignals(True)
         self.pred_combo.clear()
-        for k, label in zip(keys, prediction_labels(keys)):
+        for k, label in zip(keys, prediction_labels(keys, [self.session.prediction_of(k) for k in keys])):
             self.pred_combo.addItem(label, k)
         cur = self.session.prediction_key
         if cur in keys:

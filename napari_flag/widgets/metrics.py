@@ -21,8 +21,9 @@ from qtpy.QtWidgets import (
 )
 
 from ..record import PredictionRecord
-from . import _analysis
-from ._common import EvaluationJob, FlagWidget, report_errors
+from .base import FlagWidget
+from .jobs import EvaluationJob
+from .notify import report_errors
 
 SUMMARY_ROWS = [
     ("PCC", "mean Pearson r over genes"),
@@ -138,7 +139,7 @@ class MetricsWidget(EvaluationJob, FlagWidget):
         if key is None:
             return
         if force:
-            _analysis.forget(self.session, key)
+            self.session.forget_evaluation(key)
             self._failed.discard(key)
         self._start_evaluation(key)
 

@@ -15,16 +15,13 @@ from qtpy.QtWidgets import QCheckBox, QVBoxLayout, QWidget
 
 from .. import layers as L
 from . import _analysis
-from ._common import (
-    FlagWidget,
-    EvaluationJob,
-    panel_map_layer,
-    prediction_layers,
-    recolor_panel,
-    report_errors,
-)
 from ._grid import arrange_side_by_side, grid_model
+from .base import FlagWidget
+from .jobs import EvaluationJob
+from .lookup import predicted_map, prediction_layers
 from .metrics import fill_gene_table, gene_table, select_gene_row
+from .notify import report_errors
+from .painting import panel_map_layer, recolor_panel
 
 
 class MoranScatter(QWidget):
@@ -196,7 +193,7 @@ class MoransWidget(EvaluationJob, FlagWidget):
         vals = _analysis.local_moran(self.session, key, gene)
         clim = L.symmetric_limits(np.concatenate(list(vals.values())))
         have = prediction_layers(self.viewer, key, ("lisa_truth", "lisa_pred"))
-        pred = prediction_layers(self.viewer, key, ("pred",)).get("pred")
+        pred = predicted_map(self.viewer, key)
         ad = self.session.prediction
         sid = pred.metadata.get("sample_id", "") if pred is not None else ""
         added = False

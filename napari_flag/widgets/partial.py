@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import layers as L
+from .session import get_session
 
 
 class PartialPrediction:
@@ -20,8 +21,6 @@ class PartialPrediction:
 
     def add(self, meta: dict, tile) -> None:
         """Draw a finished tile's spots, coloured by the session's gene (else the panel's first)."""
-        from ._common import get_session
-
         if self.layer is None or self.layer not in self.viewer.layers:
             self.remove()  # the first tile, or the user deleted the layer: start again
             gene = get_session(self.viewer).gene

@@ -17,9 +17,9 @@ from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QCheckBox,
     QLabel,
-    QPushButton,
     QListWidget,
     QListWidgetItem,
+    QPushButton,
     QVBoxLayout,
 )
 
@@ -27,24 +27,21 @@ from .. import layers as L
 from ..inference import Notice, Progress, Result, TileResult, iter_predict
 from ..profiling import StageEta
 from ..record import PredictionRecord
-from .partial import PartialPrediction
-from .tissue import detect_into_layer, edited_mask
-from ._common import (
-    FlagWidget,
-    Cancelled,
-    Failed,
+from .base import FlagWidget
+from .jobs import Cancelled, Failed, run_worker
+from .lookup import (
     flag_meta,
-    get_session,
+    layer_sample,
     layer_source,
     present_prediction,
-    report_errors,
     sample_for_layer,
-    show_error,
     show_scale_bar,
-    show_warning,
     slide_layers,
-    run_worker,
 )
+from .notify import report_errors, show_error, show_warning
+from .partial import PartialPrediction
+from .session import get_session
+from .tissue import detect_into_layer, edited_mask
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -76,8 +73,8 @@ def _predict_jobs(jobs, checkpoint, steps, samples, device):
 
 
 def add_prediction_layers(viewer, adata, slide_meta: dict | None = None) -> str:
-    """Register a prediction AnnData and add its layers (prediction, truth,
-    uncertainty); it becomes the session's current prediction.  Returns its key."""
+    """Add the layers of a prediction AnnData (prediction, truth, uncertainty; each
+    carries the AnnData); it becomes the session's current prediction.  Returns its key."""
     from napari.layers import Layer
 
     meta = dict(slide_meta or {})
@@ -89,7 +86,7 @@ def add_prediction_layers(viewer, adata, slide_meta: dict | None = None) -> str:
         if (unknown or info.virtual_spots) and recorded not in (None, "", 0.0):
             meta[k] = recorded
     session = get_session(viewer)
-    key = L.register_prediction(adata)
+    key = L.new_prediction_key(adata)
     gene = session.gene if session.gene in adata.var_names else None
     for data, kwargs, ltype in L.prediction_to_layer_data(adata, gene=gene, meta=meta, key=key):
         viewer.add_layer(Layer.create(data, kwargs, ltype))
@@ -103,10 +100,8 @@ class PredictWidget(FlagWidget):
 
     #: (done, total, message) of the running slide's current stage
     progress = Signal(int, int, str)
-    #: registry key of each finished prediction
+    #: key of each finished prediction
     prediction_added = Signal(str)
-    #: "finished" | "cancelled" | "error"
-    run_finished = Signal(str)
     #: index of a tile whose predictions were just drawn
     tile_shown = Signal(int)
 
@@ -218,7 +213,7 @@ class PredictWidget(FlagWidget):
         jobs = []
         for lyr in chosen:
             md = dict(flag_meta(lyr))
-            sample = L.get_sample(md.get("sample_key"))
+            sample = layer_sample(lyr)
             src = None if sample is not None else layer_source(lyr)
             if sample is None and not src:
                 sample = sample_for_layer(lyr)  # raises a clear error

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import layers as L
-from ._common import flag_meta, sample_for_layer
+from .lookup import flag_meta, sample_for_layer
 
 
 def tissue_layer(viewer, slide_name: str):

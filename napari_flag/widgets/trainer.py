@@ -14,7 +14,14 @@ import threading
 import time
 from pathlib import Path
 
-from magicgui.widgets import ComboBox, Container, FileEdit, FloatSpinBox, LineEdit, SpinBox
+from magicgui.widgets import (
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    LineEdit,
+    SpinBox,
+)
 from qtpy.QtCore import Qt, Signal
 from qtpy.QtWidgets import (
     QHBoxLayout,
@@ -28,17 +35,10 @@ from qtpy.QtWidgets import (
 from ..inference import callback_events
 from ..model import METHODS
 from ..training import TrainConfig, TrainEvent, event_callbacks, train
-from ._common import (
-    FlagWidget,
-    Failed,
-    flag_meta,
-    layer_source,
-    may_write,
-    report_errors,
-    run_worker,
-    show_error,
-    slide_layers,
-)
+from .base import FlagWidget
+from .jobs import Failed, run_worker
+from .lookup import flag_meta, layer_source, slide_layers
+from .notify import may_write, report_errors, show_error
 
 
 def _train_events(cfg, stop: threading.Event):
@@ -113,8 +113,6 @@ class TrainerWidget(FlagWidget):
     #: (step, losses)
     step_done = Signal(int, dict)
     checkpoint_written = Signal(str)
-    #: "finished" | "stopped" | "early_stopped" | "error"
-    run_finished = Signal(str)
 
     def __init__(self, napari_viewer):
         super().__init__(napari_viewer)
