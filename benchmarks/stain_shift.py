@@ -25,7 +25,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from _result import command, machine, write_json
 
 SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
@@ -39,7 +38,11 @@ def score_section(ckpt: Path, section: str, grid: list[float], seed: int = 0) ->
     from napari_flag.data.panel import GenePanel
     from napari_flag.features import compute_features
     from napari_flag.features.stain import StainJitter
-    from napari_flag.inference import encoder_for_checkpoint, predict_arrays, prepare_slide
+    from napari_flag.inference import (
+        encoder_for_checkpoint,
+        predict_arrays,
+        prepare_slide,
+    )
     from napari_flag.metrics import evaluate
 
     model, meta = load_model(ckpt, "cpu")

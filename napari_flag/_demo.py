@@ -20,6 +20,7 @@ DEMO_WIDGETS = (
     ("Gene maps", "Gene maps", False),
     ("Metrics", "Metrics", True),
     ("Moran's I", "Moran's I", True),
+    ("Regions", "Regions", True),
     ("Export", "Export", True),
 )
 #: the tab in front of each group
@@ -182,7 +183,7 @@ def run_demo(sample: str = "her2st:C2", viewer=None, run: bool = True):
     from napari.layers import Layer
 
     from ._reader import read_slides
-    from .widgets._common import focus_on_spots, show_scale_bar
+    from .widgets.lookup import focus_on_spots, show_scale_bar
 
     v = viewer if viewer is not None else napari.Viewer(title=f"napari-flag — {sample}")
     for t in read_slides(sample):

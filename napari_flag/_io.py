@@ -10,7 +10,7 @@ from typing import Iterator
 
 from .errors import FlagInputError
 
-__all__ = ["atomic_path", "atomic_write_text"]
+__all__ = ["atomic_path", "atomic_write_text", "check_output"]
 
 
 @contextmanager
@@ -44,3 +44,13 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text)
     return Path(path)
+
+
+def check_output(path: str | Path, overwrite: bool = False) -> Path:
+    """``path`` when it may be written: an existing file only with ``overwrite``, and its folder must exist."""
+    out = Path(path).expanduser()
+    if out.exists() and not overwrite:
+        raise FlagInputError(f"{out}: already exists", setting="overwrite")
+    if not out.parent.is_dir():
+        raise FlagInputError(f"{out.parent}: output folder does not exist")
+    return out

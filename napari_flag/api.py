@@ -4,6 +4,8 @@
     adata = nf.predict("her2st:C2")          # or a slide file, an outs/ folder, an .h5ad, a Sample
     nf.evaluate(adata)                        # PCC, MSE, GSC, SSC, ... against layers["truth"]
     import scanpy as sc; sc.pl.spatial(adata, color=adata.var_names[:3])
+    res = nf.regions(adata, "annotations.geojson", compare=("Tumor", "Stroma"))
+    res.summary(); res.de                     # region averages, and A - B per gene, with intervals
 
 Each is a thin front end over the library the CLI and the widgets use
 (:func:`napari_flag.inference.iter_predict`, :func:`napari_flag.metrics.evaluate_adata`).
@@ -13,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["load_sample", "predict", "evaluate"]
+__all__ = ["load_sample", "predict", "evaluate", "regions"]
 
 
 def load_sample(source, sample_id: str | None = None, pixel_size_um: float | None = None):
@@ -75,6 +77,31 @@ def evaluate(adata, truth=None, *, layer: str = "X", grid: str | None = None, tr
         raise FlagInputError("the prediction has no layers['truth'] (a slide without measured spots)",
                              setting="truth")
     return evaluate_adata(adata, layer=layer, truth=truth, grid=grid, seed=seed)
+
+
+def regions(adata, regions, compare: tuple[str, str] | None = None, *, draws: int | None = None, seed: int = 0,
+            sample=None, checkpoint: str | Path | None = None):
+    """What each region of a prediction expresses, and how two differ, with the model's uncertainty.
+
+    ``adata``: :func:`predict`'s output or a file it wrote.  ``regions``: a
+    QuPath GeoJSON file or dict (Polygon/MultiPolygon features in the slide's
+    full-resolution pixels, named by ``properties.name`` or the
+    classification), ``{name: (n, 2) xy polygon}``, or a napari Shapes layer.
+    Intervals come from ``draws`` (default 64) joint posterior samples of the
+    regions' spots drawn again with the model and slide the prediction
+    records (``sample``: the slide, when already open).  Returns a
+    :class:`~napari_flag.roi.RegionResult`: ``.summary()`` (``region, gene,
+    n_spots, mean, lower, upper``), ``.compare(a, b)`` and, with ``compare``,
+    ``.de`` (``gene, difference, lower, upper, prob_greater``);
+    ``napari_flag.roi.write_geojson(result, path)`` takes them back to QuPath.
+    """
+    from .roi import DEFAULT_DRAWS, region_stats
+    from .truth import read_h5ad
+
+    if isinstance(adata, (str, Path)):
+        adata = read_h5ad(adata)
+    return region_stats(adata, regions, n_draws=draws or DEFAULT_DRAWS, seed=seed, sample=sample,
+                        checkpoint=checkpoint, compare=compare)
 
 
 def _bar():

@@ -336,6 +336,62 @@ def _cmd_evaluate(args) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- regions
+def _add_regions_parser(sub) -> None:
+    p = sub.add_parser("regions", help="what regions of a prediction express, and how two differ",
+                       description="Per region of REGIONS.geojson: its spots and each gene's average predicted "
+                                   "expression with a 95%% credible interval, from joint posterior samples drawn "
+                                   "again with the checkpoint and slide PRED.h5ad records; with --compare A B, "
+                                   "the difference of the two regions' averages per gene.")
+    p.add_argument("pred", help="prediction .h5ad written by 'napari-flag predict'")
+    p.add_argument("--regions", required=True, metavar="REGIONS.geojson",
+                   help="FeatureCollection of Polygon/MultiPolygon features in the slide's full-resolution pixels "
+                        "(QuPath's annotation export); a region's name is properties.name, else "
+                        "properties.classification.name; features with one name are one region")
+    p.add_argument("--out", required=True, metavar="SUMMARY.csv",
+                   help="per region and gene: region, gene, n_spots, mean, lower, upper (and measured, when the "
+                        "prediction has the truth)")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), default=None, help="two region names to compare")
+    p.add_argument("--de", default=None, metavar="DE.csv",
+                   help="with --compare: gene, difference (A - B), lower, upper, prob_greater = P(A > B), sorted "
+                        "by |difference|")
+    p.add_argument("--geojson", default=None, metavar="OUT.geojson",
+                   help="also write the regions with their measurements (QuPath GeoJSON)")
+    p.add_argument("--draws", type=_positive_int, default=None,
+                   help="joint posterior samples (default 64)")
+    p.add_argument("--seed", type=int, default=0, help="random seed of the posterior samples")
+    p.add_argument("--checkpoint", default=None, help="the model that made PRED (default: the one it records)")
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
+    p.set_defaults(func=_cmd_regions)
+
+
+def _cmd_regions(args) -> int:
+    from ._io import check_output
+    from .roi import DEFAULT_DRAWS, region_stats, write_geojson, write_table
+    from .truth import read_h5ad
+
+    if args.de and not args.compare:
+        raise FlagInputError("--de needs --compare A B")
+    outs = [o for o in (args.out, args.de, args.geojson) if o]
+    for o in outs:  # checked before the work, so a refusal costs nothing
+        check_output(o, args.overwrite)
+    adata = read_h5ad(args.pred)
+    res = region_stats(adata, args.regions, n_draws=args.draws or DEFAULT_DRAWS, seed=args.seed,
+                       checkpoint=args.checkpoint, compare=args.compare, source=str(args.regions))
+    de = res.de
+    write_table(res.summary(), args.out, args.overwrite)
+    if de is not None and args.de:
+        write_table(de, args.de, args.overwrite)
+    if args.geojson:
+        write_geojson(res, args.geojson, args.overwrite)
+    sizes = ", ".join(f"{n} {k}" for n, k in zip(res.names, res.n_spots))
+    print(f"{len(res.names)} regions ({sizes} spots), {res.info['n_draws']} joint samples of "
+          f"{res.info['sampled_spots']} spots in {res.info['seconds']:.1f} s: {args.out}")
+    if de is not None:
+        print(de.head(10).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
+    return 0
+
+
 # ----------------------------------------------------------------------------- train
 def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="training config (YAML); see configs/")
@@ -457,7 +513,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "the detected tissue), or an earlier prediction .h5ad (its recorded mask)")
     p.add_argument("--no-tiles", action="store_true",
                    help="predict the virtual spots of a whole slide at once instead of region by region "
-                        "(tiles of ~576 spots with a halo of neighbours; the same predictions, memory of a tile)")
+                        "(tiles of ~2,300 spots, the first ones ~580, with a halo of neighbours; the same predictions, "
+                        "memory of a tile)")
     p.add_argument("--checkpoint", default=None, help="trained model (.pt); default: the bundled model")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps, >= 1 (default: the model's)")
     p.add_argument("--samples", type=_positive_int, default=None,
@@ -490,6 +547,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", default=None, metavar="OUT.json", help="also write the metrics as JSON")
     p.add_argument("--overwrite", action="store_true", help="replace OUT.json if it exists")
     p.set_defaults(func=_cmd_evaluate)
+
+    _add_regions_parser(sub)
 
     p = sub.add_parser("train", help="train a model (same as napari-flag-train)",
                        description="Train FLAG or a baseline from a YAML config.")

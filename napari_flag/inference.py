@@ -31,7 +31,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from ._io import atomic_path
+from ._io import atomic_path, check_output
 from . import checkpoint as _checkpoint
 from .checkpoint import NO_DEFAULT_MODEL, start_model_load
 from .compat import check_compatibility, raise_for_errors
@@ -662,11 +662,7 @@ def predict_sample(sample, checkpoint=None, steps: int | None = None, samples: i
 
 def write_prediction(adata, out: str | Path, overwrite: bool = False) -> Path:
     """Write ``.h5ad`` via a temporary file in the same folder, then rename (never half a file)."""
-    out = Path(out).expanduser()
-    if out.exists() and not overwrite:
-        raise FlagInputError(f"{out}: already exists", setting="overwrite")
-    if not out.parent.is_dir():
-        raise FlagInputError(f"{out.parent}: output folder does not exist")
+    out = check_output(out, overwrite)
     with atomic_path(out) as tmp:
         adata.write_h5ad(tmp)
     return out

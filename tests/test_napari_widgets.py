@@ -94,7 +94,8 @@ def roles(viewer):
 def test_open_her2st_and_visium(make_napari_viewer, visium_dir):
     viewer = make_napari_viewer()
     img, pts = open_c2(viewer)
-    s = L.get_sample(img.metadata["sample_key"])
+    s = img.metadata[L.SAMPLE]
+    assert pts.metadata[L.SAMPLE] is s and s.sample_id == "C2"  # both layers carry the one Sample
     assert img.units[0] == pts.units[0] and str(img.units[0]) == "micrometer"
     assert pts.size[0] * pts.scale[0] == pytest.approx(100.0, rel=0.02)  # real spot diameter in um
     assert len(pts.data) == s.n_spots and "ERBB2" in pts.features.columns
@@ -103,6 +104,39 @@ def test_open_her2st_and_visium(make_napari_viewer, visium_dir):
     assert "spot:" in status["coordinates"] and "ERBB2" in status["coordinates"]
     vis = viewer.open(str(visium_dir), plugin=PLUGIN)
     assert vis[1].metadata["grid"] == "hex"
+
+
+def test_deleted_slide_layers_free_their_sample(make_napari_viewer, qtbot, visium_dir):
+    """The Sample lives in its layers' metadata: deleting them frees it, with or without widgets
+    (nothing process-wide keeps a slide), and the viewer's session goes when its window closes."""
+    import gc
+    import weakref
+
+    def collect():
+        qtbot.wait(50)  # napari deletes a removed layer's controls later, in the event loop
+        gc.collect()
+
+    viewer = make_napari_viewer()
+    refs = []
+    for opened in (open_c2(viewer), viewer.open(str(visium_dir), plugin=PLUGIN)):  # sample data, reader
+        (sample,) = {id(lyr.metadata[L.SAMPLE]): lyr.metadata[L.SAMPLE] for lyr in opened}.values()
+        refs.append(weakref.ref(sample))
+        del sample, opened
+    collect()
+    assert all(r() is not None for r in refs)  # shown: kept
+    viewer.layers.remove("C2 H&E")
+    collect()
+    assert refs[0]() is not None  # the spots layer still shows C2
+    viewer.layers.remove("C2 spots")
+    collect()
+    assert refs[0]() is None and refs[1]() is not None  # no widget yet: C2 freed all the same
+    session = weakref.ref(dock(viewer, "Gene maps").session)  # a widget and the session hold no slide either
+    viewer.layers.clear()
+    collect()
+    assert refs[1]() is None
+    viewer.close()  # and the session goes with the viewer's window
+    collect()
+    assert session() is None
 
 
 def test_sample_data_menu(make_napari_viewer, tmp_path, monkeypatch):
@@ -154,7 +188,7 @@ def test_predict_real_section_adds_layers(make_napari_viewer, qtbot, tiny_ckpt):
     assert len(pred.data) == len(viewer.layers["C2 spots"].data)
     assert pred.metadata["clim"] == truth.metadata["clim"]
     gene = pred.metadata["gene"]
-    ad = L.get_prediction(pred.metadata["prediction_key"])
+    ad = pred.metadata[L.PREDICTION]
     assert ad.n_vars == N_GENES and gene in ad.var_names
     np.testing.assert_allclose(pred.features["value"], L.gene_values(ad, gene, "pred"))
     np.testing.assert_allclose(pred.data, viewer.layers["C2 spots"].data)
@@ -186,7 +220,7 @@ def test_predict_reports_bad_checkpoint(make_napari_viewer, qtbot, tmp_path, mon
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a checkpoint")
     errors = []
-    monkeypatch.setattr("napari_flag.widgets._common.show_error", lambda e: errors.append(e))
+    monkeypatch.setattr("napari_flag.widgets.notify.show_error", lambda e: errors.append(e))
     monkeypatch.setattr(P, "show_error", lambda e: errors.append(e))
     w.form.checkpoint.value = str(bad)
     with qtbot.waitSignal(w.run_finished, timeout=60_000) as done:
@@ -246,7 +280,7 @@ def test_gene_maps_side_by_side_and_switch(make_napari_viewer, qtbot, c2_result)
 def test_gene_maps_as_images_on_large_slides(make_napari_viewer, qtbot, c2_result, monkeypatch):
     """Large slides show each panel as an image of the spots (fast to draw); C2 is
     sent down that path here, so the values can be checked against real spots."""
-    import napari_flag.widgets._common as C
+    import napari_flag.widgets.painting as C
 
     monkeypatch.setattr(C, "RASTER_MIN_SPOTS", 0)
     viewer = make_napari_viewer(show=True)
@@ -388,7 +422,7 @@ def test_export_asks_before_overwriting(make_napari_viewer, qtbot, c2_result, tm
     import anndata as ad
     import pandas as pd
 
-    import napari_flag.widgets._common as C
+    import napari_flag.widgets.notify as C
 
     viewer = make_napari_viewer(show=True)
     with_prediction(viewer, c2_result)
@@ -460,7 +494,7 @@ def test_demo_docks_everything(make_napari_viewer):
 
     viewer = make_napari_viewer()
     v = run_demo("her2st:C2", viewer=viewer, run=False)
-    from napari_flag.widgets._common import scale_bar_model
+    from napari_flag.widgets.lookup import scale_bar_model
 
     assert v is viewer and scale_bar_model(viewer).visible
     assert [lyr.name for lyr in viewer.layers] == ["C2 H&E", "C2 spots"]
@@ -492,3 +526,70 @@ def test_metrics_widget_and_cli_report_identical_metrics(make_napari_viewer, qtb
         assert shown[k] == f"{v:.3f}", k
     ev = w.session.evaluations[w.session.prediction_key]
     assert ev["metrics"] == pytest.approx(cli, abs=1e-9)
+
+
+# ---------------------------------------------------------------------------- regions
+def _two_halves_geojson(adata, path):
+    """Two rectangles splitting the section at its median x, as QuPath writes annotations."""
+    import json
+
+    xy = adata.obsm["spatial"]
+    mid = float(np.median(xy[:, 0]))
+    lo, hi = xy.min(0) - 60, xy.max(0) + 60
+
+    def feature(name, x0, x1):
+        ring = [[x0, lo[1]], [x1, lo[1]], [x1, hi[1]], [x0, hi[1]], [x0, lo[1]]]
+        return {"type": "Feature", "geometry": {"type": "Polygon", "coordinates": [ring]},
+                "properties": {"objectType": "annotation", "classification": {"name": name}}}
+
+    path.write_text(json.dumps({"type": "FeatureCollection",
+                                "features": [feature("Left", lo[0], mid), feature("Right", mid, hi[0])]}))
+    return path
+
+
+def test_regions_dock_matches_the_cli_and_shows_table_and_volcano(make_napari_viewer, qtbot, c2_result, tmp_path):
+    """Regions drawn (loaded from QuPath GeoJSON) -> table, comparison and volcano; the same numbers as
+    ``napari-flag regions``; a 1920 x 1080 screenshot with the regions and the dock."""
+    import pandas as pd
+
+    from napari_flag.cli import main
+    from napari_flag.inference import write_prediction
+    from napari_flag.roi import read_regions
+
+    f = write_prediction(c2_result, tmp_path / "C2.h5ad")
+    gj = _two_halves_geojson(c2_result, tmp_path / "halves.geojson")
+    assert main(["regions", str(f), "--regions", str(gj), "--out", str(tmp_path / "s.csv"), "--compare", "Left",
+                 "Right", "--de", str(tmp_path / "de.csv"), "--draws", "8"]) == 0
+    viewer = make_napari_viewer(show=True)
+    with_prediction(viewer, c2_result)
+    w = dock(viewer, "Regions")
+    lyr = w.add_regions_layer(read_regions(gj), name="halves")
+    assert list(lyr.features["name"]) == ["Left", "Right"] and w.regions_layer is lyr
+    w.draws.setValue(8)
+    with qtbot.waitSignal(w.run_finished, timeout=120_000) as sig:
+        w.compute()
+    assert sig.args == ["finished"], w.status.text()
+    res = w.result
+    cli = pd.read_csv(tmp_path / "s.csv")
+    assert res.summary()[["region", "gene", "n_spots"]].equals(cli[["region", "gene", "n_spots"]])
+    # the same draws; only the order of float32 sums differs between the worker thread and the CLI's
+    for col in ("mean", "lower", "upper"):
+        np.testing.assert_allclose(res.summary()[col], cli[col], rtol=2e-3)
+    assert w.regions_table.rowCount() == 2 and w.region_genes.rowCount() == N_GENES
+    w.tabs.setCurrentIndex(1)
+    de_cli = pd.read_csv(tmp_path / "de.csv")
+    shown = [w.de_table.item(i, 0).text() for i in range(w.de_table.rowCount())]
+    assert set(shown) == set(de_cli["gene"]) and len(w.volcano.ax.collections) >= 1
+    # a gene picked in the comparison is shown in the maps
+    w.de_table.selectRow(0)
+    gene = w.de_table.item(0, 0).text()
+    assert w.session.gene == gene and roles(viewer)["pred"].metadata["gene"] == gene
+    # exported for QuPath: the regions with their measurements
+    w._export_geojson(path=str(tmp_path / "out.geojson"))
+    assert [r.name for r in read_regions(tmp_path / "out.geojson")] == ["Left", "Right"]
+    qtbot.wait(300)
+    shot = np.asarray(viewer.screenshot(path=str(tmp_path / "regions.png"), canvas_only=False, flash=False))
+    assert shot.shape[1] >= 1200 and shot.shape[0] >= 700  # the 1920 x 1080 window, not a thumbnail
+    canvas = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(int)
+    outline = (canvas[..., 0] > 200) & (canvas[..., 1] > 180) & (canvas[..., 2] < 80)  # the yellow regions
+    assert outline.sum() > 200

@@ -79,7 +79,9 @@ def _from_image(p: Path, fullres_shape, pixel_size_um) -> TissueMask:
 
 
 # ----------------------------------------------------------------------------- GeoJSON
-def _features(doc, p: Path) -> list[dict]:
+def polygon_features(doc, p: Path) -> list[dict]:
+    """The Polygon/MultiPolygon features of a parsed GeoJSON document (a FeatureCollection, a Feature
+    or a list of features, as QuPath writes them); other geometries are left out."""
     if isinstance(doc, list):
         feats = doc
     elif isinstance(doc, dict) and doc.get("type") == "FeatureCollection":
@@ -102,7 +104,7 @@ def _excluding(feature: dict) -> bool:
     return isinstance(name, str) and name.strip().lower().startswith(EXCLUDE_CLASSES)
 
 
-def _polygons(feature: dict) -> list[list[np.ndarray]]:
+def feature_rings(feature: dict) -> list[list[np.ndarray]]:
     """Each polygon of a feature as its rings (exterior first), ``(n, 2)`` x, y arrays."""
     g = feature["geometry"]
     polys = [g["coordinates"]] if g["type"] == "Polygon" else g["coordinates"]
@@ -138,9 +140,9 @@ def mask_from_polygons(include: list, exclude: list, shape: tuple[int, int], ful
 def _from_geojson(p: Path, fullres_shape, pixel_size_um, detect) -> TissueMask:
     with reading(p, "unreadable GeoJSON"):
         doc = json.loads(p.read_text())
-    feats = _features(doc, p)
-    include = [poly for f in feats if not _excluding(f) for poly in _polygons(f)]
-    exclude = [poly for f in feats if _excluding(f) for poly in _polygons(f)]
+    feats = polygon_features(doc, p)
+    include = [poly for f in feats if not _excluding(f) for poly in feature_rings(f)]
+    exclude = [poly for f in feats if _excluding(f) for poly in feature_rings(f)]
     h, w = fullres_shape
     pts = np.concatenate([ring for poly in include + exclude for ring in poly])
     if not ((pts[:, 0] < w) & (pts[:, 0] >= 0) & (pts[:, 1] < h) & (pts[:, 1] >= 0)).any():

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-__all__ = ["StainJitter", "JitterRanges", "draw_jitters", "restain"]
+__all__ = ["JitterRanges", "StainJitter", "draw_jitters", "restain"]
 
 
 def _matrices() -> tuple[np.ndarray, np.ndarray]:
