@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from napari_flag.graph import build_spatial_graph
-from napari_flag.model import EDM, FlagConfig, FlagModel, calls_per_spot, sample_expression
+from napari_flag.model import (EDM, FlagConfig, FlagModel, NetworkConfig, NoiseConfig, SamplerConfig, calls_per_spot,
+                               sample_expression)
 
 S, G, D, DE = 48, 12, 16, 10
 
@@ -58,7 +59,7 @@ def test_forward_backward_shapes(toy):
     m = FlagModel(tiny(), G, D, gene_prior=toy["prior"], prior_mask=toy["mask"])
     assert m.has_graph and m.has_align and m.align_dim == DE
     h = m.encode_slide(toy["feats"], toy["graph"])
-    assert h.shape == (S, m.cfg.cond_dim)
+    assert h.shape == (S, m.cfg.network.cond_dim)
     out = m.loss(toy["x0"], h)
     assert set(out) == {"loss", "denoise", "align"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
@@ -161,9 +162,8 @@ def test_blend_mean(toy):
     m = FlagModel(tiny(sample_mean_like=6, sample_share_first=False), G, D)
     _train(m, toy, steps=10)
     h = m.encode_slide(toy["feats"], toy["graph"]).detach()
-    d = FlagConfig()
-    assert (d.sample_count, d.sample_steps, d.sample_mean, d.sample_mean_like, d.sample_share_first) == \
-        (2, 4, "blend", 6, True)
+    d = FlagConfig().sampler
+    assert (d.samples, d.steps, d.mean, d.mean_like, d.share_first) == (2, 4, "blend", 6, True)
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
 
     rows = []
@@ -212,7 +212,7 @@ def test_blend_mean(toy):
     with pytest.raises(ValueError):
         sample_expression(m, h, mean="median")
     with pytest.raises(ValueError):
-        FlagConfig(sample_mean="median")
+        SamplerConfig(mean="median")
 
 
 def test_sample_clipping(toy):
@@ -275,11 +275,11 @@ def test_gatv2_and_missing_graph(toy):
 
     assert isinstance(m.encoder.layers[0].conv, GATv2Conv)
     h = m.encode_slide(toy["feats"], toy["graph"])
-    assert h.shape == (S, m.cfg.cond_dim)
+    assert h.shape == (S, m.cfg.network.cond_dim)
     h0 = m.encode_slide(toy["feats"][:1], build_spatial_graph(np.zeros((1, 2)), np.ones((1, D))))
-    assert h0.shape == (1, m.cfg.cond_dim)
+    assert h0.shape == (1, m.cfg.network.cond_dim)
     t = FlagModel(tiny(), G, D)
-    assert t.encode_slide(toy["feats"], None).shape == (S, t.cfg.cond_dim)
+    assert t.encode_slide(toy["feats"], None).shape == (S, t.cfg.network.cond_dim)
 
 
 def test_cond_dropout_guidance(toy):
@@ -309,14 +309,16 @@ def test_config_roundtrip_and_presets():
     d = json.loads(json.dumps(cfg.to_dict()))
     assert FlagConfig.from_dict(d) == cfg
     paper = FlagConfig.preset("paper")
-    assert (paper.depth, paper.width, paper.heads, paper.graph_layers, paper.align_block) == (12, 384, 6, 6, 8)
-    assert paper.align_hidden == (2048, 2048) and paper.lambda_align == 0.5
+    net = paper.network
+    assert (net.depth, net.width, net.heads, net.graph_layers, net.align_block) == (12, 384, 6, 6, 8)
+    assert net.align_hidden == (2048, 2048) and net.lambda_align == 0.5
+    assert (paper.noise.sigma_max, paper.sampler.steps, paper.preset_name) == (80.0, 16, "paper")
     with pytest.raises(ValueError):
         FlagConfig.preset("huge")
     with pytest.raises(ValueError):
-        FlagConfig(mode="gan")
+        NetworkConfig(mode="gan")
     with pytest.raises(ValueError):
-        FlagConfig(depth=3, align_block=4)
+        NetworkConfig(depth=3, align_block=4)
 
 
 def test_paper_preset_size():
@@ -373,7 +375,7 @@ def test_solvers_on_gaussian_data():
     with pytest.raises(ValueError):
         edm.sample(denoise, z, steps=2, solver="rk4")
     with pytest.raises(ValueError):
-        FlagConfig(sample_solver="rk4")
+        FlagConfig.preset("cpu", sample_solver="rk4")
 
 
 def test_antithetic_pairs(toy, monkeypatch):
@@ -590,13 +592,16 @@ def test_training_noise_share_at_sigma_max():
     torch.testing.assert_close(EDM(P_max=0.0).sample_sigma(100, torch.Generator().manual_seed(1)),
                                (torch.randn(100, generator=torch.Generator().manual_seed(1)) * EDM.P_std
                                 + EDM.P_mean).exp())
-    assert EDM.from_config(FlagConfig(P_max=0.3)).P_max == 0.3
+    assert EDM.from_config(FlagConfig(noise=NoiseConfig(P_max=0.3))).P_max == 0.3
+    assert EDM() == EDM.from_config(NoiseConfig())  # one source of defaults
 
 
 def test_stored_configs_migrate_old_keys_and_name_unknown_ones():
     cfg = FlagConfig.preset("cpu").to_dict()
     assert FlagConfig.from_dict({**cfg, "align_dim": 64}) == FlagConfig.from_dict(cfg)  # an older version's key
-    less = {k: v for k, v in cfg.items() if k != "sample_share_first"}  # a key added since: its default
-    assert FlagConfig.from_dict(less).sample_share_first == FlagConfig().sample_share_first
+    less = {**cfg, "sampler": {k: v for k, v in cfg["sampler"].items() if k != "share_first"}}  # added since
+    assert FlagConfig.from_dict(less).sampler.share_first == SamplerConfig().share_first
     with pytest.raises(ValueError, match="'warp_drive'"):
         FlagConfig.from_dict({**cfg, "warp_drive": 1})
+    with pytest.raises(ValueError, match="'sampler.warp_drive'"):
+        FlagConfig.from_dict({**cfg, "sampler": {**cfg["sampler"], "warp_drive": 1}})

@@ -82,10 +82,10 @@ def test_config_yaml_and_overrides(tmp_path):
     assert cfg.steps == 7 and cfg.lr == 1e-3 and cfg.val == ["her2st:C2"]
     assert cfg.train == ["her2st:C3", "her2st:C4"]
     fc = cfg.flag_config()
-    assert fc.depth == 2 and fc.width == 32 and fc.graph is False
+    assert fc.network.depth == 2 and fc.network.width == 32 and fc.network.graph is False
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    assert TrainConfig(method="regression").flag_config().mode == "regression"
-    assert TrainConfig(method="no_align").flag_config().align is False
+    assert TrainConfig(method="regression").flag_config().network.mode == "regression"
+    assert TrainConfig(method="no_align").flag_config().network.align is False
     with pytest.raises(FlagInputError, match="stepz"):
         TrainConfig.from_yaml(p, ["stepz=3"])
     with pytest.raises(FlagInputError, match="key=value"):
@@ -268,6 +268,6 @@ def test_joint_denoising_trains_validates_and_predicts(prepared, tmp_path):
     assert res.status == "finished" and len(res.history) == 2
     assert all(np.isfinite(v["PCC"]) for v in res.history)
     model, _ = load_model(res.last_path)
-    assert model.is_joint and model.cfg.joint
+    assert model.is_joint and model.cfg.network.joint
     out = predict_sample("her2st:C2", checkpoint=res.last_path, device="cpu", feature_cache=str(FEATURE_DIR))
     assert out.n_obs > 100 and np.isfinite(out.X).all() and np.isfinite(out.layers["std"]).all()
