@@ -113,6 +113,8 @@ class TrainConfig:
             raise FlagInputError(f"val_metric: unknown {self.val_metric!r}; use one of {', '.join(METRIC_KEYS)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise FlagInputError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.is_baseline:
+            self.flag_config()  # an unknown or invalid model key fails here, not after the features
 
     def jitter_ranges(self):
         """The stain augmentation's :class:`~napari_flag.features.stain.JitterRanges`."""
