@@ -40,6 +40,7 @@ def main(argv=None) -> int:
 
     from napari_flag.checkpoint import default_checkpoint_path, load_model
     from napari_flag.data import load_sample
+    from napari_flag.model.config import FLAT_KEYS
 
     sec = load_sample(f"her2st:{a.section}")
     image = Path(sec.source) if sec.source and Path(sec.source).suffix.lower() in (".jpg", ".jpeg") else None
@@ -80,9 +81,8 @@ def main(argv=None) -> int:
     nfe = {k: int(info[k]["network_calls_per_spot"]) for k in settings}  # what each run recorded
     result = {
         "image": str(image), "spots": spots, "spacing_um": a.spacing_um, "checkpoint": ckpt,
-        "default_sampler": {k: getattr(cfg, k) for k in ("sample_solver", "sample_steps", "sample_count",
-                                                           "sample_mean", "sample_mean_like", "sample_temperature",
-                                                           "sample_share_first") if hasattr(cfg, k)},
+        "default_sampler": {flat: getattr(cfg.sampler, name) for flat, (part, name) in FLAT_KEYS.items()
+                            if part == "sampler" and flat.startswith("sample_") and flat != "sample_antithetic"},
         "runs": {k: {"seconds": times[k], "best_s": best[k], "nfe_per_spot": nfe[k],
                      "steps": int(info[k]["steps"]), "samples": int(info[k]["samples"])} for k in settings},
         "warmup_s": warm,

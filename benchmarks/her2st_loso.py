@@ -72,7 +72,6 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
     from napari_flag.checkpoint import load_checkpoint, load_model
     from napari_flag.inference import predict_arrays
     from napari_flag.metrics import evaluate
-    from napari_flag.model.config import SAMPLER_KEYS
     from napari_flag.training import TrainConfig, prepare_data, train
 
     val_sec = validation_section(held) if nested else None
@@ -84,7 +83,8 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
         log_every=100,
     ).with_overrides(overrides)
     if nested:  # validate the default prediction (its sampler), not one sample
-        base = base.replace(val_samples=base.flag_config().sample_count, val_steps=base.flag_config().sample_steps)
+        sampler = base.flag_config().sampler
+        base = base.replace(val_samples=sampler.samples, val_steps=sampler.steps)
     data = prepare_data(base)  # panel + standardisation from the training sections only
     sl = data.val[-1]
     # the test section is prepared with the training panel but never seen by training or selection
@@ -105,9 +105,7 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
             model, meta = load_model(ckpt, "cpu")
             assert list(meta.genes) == list(data.genes), "panel differs from the saved run"
             if hasattr(model, "cfg"):  # the sampler comes from this command, the weights from the run
-                want = cfg.flag_config()
-                for k in SAMPLER_KEYS:
-                    setattr(model.cfg, k, getattr(want, k))
+                model.cfg = model.cfg.replace(sampler=cfg.flag_config().sampler)
             rec = json.loads(info.read_text())
             t_train, n_steps = rec["train_s"], rec["steps"]
         else:
@@ -127,12 +125,12 @@ def run_fold(held: str, methods: list[str], steps: int, overrides: list[str], ou
             if select in ("split", "targets"):
                 sel = _choose_split(model, data.val[0], data, temperatures, mean_likes,
                                     refs if select == "targets" else None)
-                model.cfg.sample_mean_like = sel["mean_like"]
+                model.set_sampler(mean_like=sel["mean_like"])
             else:
                 sel = _choose_temperature(model, data.val[0], data, temperatures, seed)
-            model.cfg.sample_temperature = sel["chosen"]
+            model.set_sampler(temperature=sel["chosen"])
         elif temperature is not None and hasattr(model, "cfg"):
-            model.cfg.sample_temperature = float(temperature)
+            model.set_sampler(temperature=float(temperature))
         t0 = time.time()
         pred, _, smp = predict_arrays(model, sl, data.panel, seed=seed, return_samples=True)
         t_pred = time.time() - t0
@@ -167,7 +165,7 @@ def _choose_temperature(model, val_slide, data, grid, seed) -> dict:
 
     scores = {}
     for t in grid:
-        model.cfg.sample_temperature = float(t)
+        model.set_sampler(temperature=float(t))
         pred, _, _ = predict_arrays(model, val_slide, data.panel, seed=seed)
         met = evaluate(pred, val_slide.truth, val_slide.coords, val_slide.array_rc, val_slide.grid,
                        genes=data.genes, seed=seed)
@@ -210,12 +208,12 @@ def _choose_split(model, val_slide, data, temperatures, mean_likes, refs: dict |
 
     sample_scores = {}
     for t in temperatures:
-        model.cfg.sample_temperature = float(t)
+        model.set_sampler(temperature=float(t))
         sample_scores[str(t)] = mean_over_seeds(lambda sd: _validation_score(
             predict_arrays(model, val_slide, data.panel, seed=sd, return_samples=True, keep_samples=1)[2][0],
             val_slide, data, ("GSC-CCC", "SSC", "PCC")))
     tau = max(temperatures, key=lambda t: sample_scores[str(t)]["GSC-CCC"] + sample_scores[str(t)]["SSC"])
-    model.cfg.sample_temperature = float(tau)
+    model.set_sampler(temperature=float(tau))
     mean_scores = {}
     for n in mean_likes:
         mean_scores[str(n)] = mean_over_seeds(lambda sd: _validation_score(

@@ -40,7 +40,7 @@ def forward_flops(cfg, n_genes: int) -> dict:
         "attention": cfg.depth * attn_block,
         "per_row": 2 * (64 * w + w * w) + 2 * (cfg.cond_dim * w + w * w) + cfg.depth * 2 * w * 6 * w + 2 * w * 2 * w,
     }
-    if getattr(cfg, "joint", False):  # the neighbours' values get their own embedding per token
+    if cfg.joint:  # the neighbours' values get their own embedding per token
         per_row["neighbour_embedding"] = g * 2 * (2 * cfg.value_fourier + 1) * w
     per_row["total"] = sum(per_row.values())
     return per_row
@@ -80,11 +80,11 @@ def main(argv=None) -> int:
     t_mm = best_of(lambda: torch.matmul(x, y), a.reps)
     mm_gflops = 2 * n**3 / t_mm / 1e9
 
-    flops = forward_flops(model.cfg, model.n_genes)
+    flops = forward_flops(model.cfg.network, model.n_genes)
     gen = torch.Generator().manual_seed(0)
     # one set of denoiser inputs per row count: (x, sigma, h, neighbours' values or None)
     inputs = {b: (torch.randn(b, model.n_genes, generator=gen), torch.full((b, 1), 2.0),
-                  torch.randn(b, model.cfg.cond_dim, generator=gen),
+                  torch.randn(b, model.cfg.network.cond_dim, generator=gen),
                   torch.randn(b, model.n_genes, generator=gen) if model.is_joint else None) for b in a.rows}
 
     def forward(b):
@@ -112,7 +112,7 @@ def main(argv=None) -> int:
 
     # the same network with its attention split into more heads (same FLOPs, random weights): why 1 head
     heads = []
-    for nh in sorted({model.cfg.heads, *a.heads}):
+    for nh in sorted({model.cfg.network.heads, *a.heads}):
         other = type(model)(model.cfg.replace(heads=nh), model.n_genes, model.feat_dim).eval()
         for b in a.rows:
             xs, sig, h, nb = inputs[b]
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
         print(f"  {o['op']:40s} {o['self_ms_per_forward']:8.2f} ms  {100 * o['share']:5.1f}%")
     result = {
         "checkpoint": ckpt, "n_genes": model.n_genes,
-        "config": {k: getattr(model.cfg, k) for k in ("width", "depth", "heads", "mlp_ratio", "value_fourier")},
+        "config": {k: getattr(model.cfg.network, k) for k in ("width", "depth", "heads", "mlp_ratio", "value_fourier")},
         "flop_per_row": flops, "matmul": {"n": n, "seconds": t_mm, "gflops": mm_gflops},
         "forward": rows, "bf16_autocast": bf16, "heads_random_weights": heads, "profile_rows": b,
         "profile_top_ops": ops,

@@ -39,7 +39,8 @@ def child(p_max: float, out_dir: str, steps: int, val_every: int, patience: int)
                       device="cpu", log_every=100, out_dir=out_dir, lr=0.002, ema_decay=0.995, batch_spots=48,
                       model={"preset": "cpu", "joint": True, "heads": 1, "P_max": p_max, "sample_temperature": 1.0,
                              "sample_mean_like": 6, "sample_share_first": False})
-    cfg = cfg.replace(val_samples=cfg.flag_config().sample_count, val_steps=cfg.flag_config().sample_steps)
+    sampler = cfg.flag_config().sampler
+    cfg = cfg.replace(val_samples=sampler.samples, val_steps=sampler.steps)
     data = prepare_data(cfg)
     t0 = time.time()
     out = train(cfg, data=data)
@@ -53,7 +54,7 @@ def child(p_max: float, out_dir: str, steps: int, val_every: int, patience: int)
         return {k: float(m[k]) for k in ("PCC", "GSC", "GSC-CCC", "SSC")}
 
     for tau in (0.5, 0.7, 1.0):
-        model.cfg.sample_temperature = tau
+        model.set_sampler(temperature=tau)
         for share in (False, True):
             pred, _, smp = predict_arrays(model, sl, data.panel, seed=0, return_samples=True, share_first=share)
             res[f"tau{tau}_share{int(share)}"] = {"mean": score(pred), "sample": score(smp[0])}

@@ -86,16 +86,16 @@ def main(argv=None) -> int:
     def score(x):
         return evaluate(x, slide.truth, slide.coords, slide.array_rc, slide.grid, genes=panel.genes, seed=a.seed)
 
-    cfg = model.cfg
     if a.mean_like is not None:
-        cfg.sample_mean_like = int(a.mean_like)
+        model.set_sampler(mean_like=int(a.mean_like))
+    cfg = model.cfg.sampler
     if a.settings:
         grid = []
         for spec in a.settings:
             if spec == "default":
-                spec = f"{cfg.sample_solver}:{cfg.sample_steps}:{cfg.sample_count}:{cfg.sample_mean}"
+                spec = f"{cfg.solver}:{cfg.steps}:{cfg.samples}:{cfg.mean}"
             solver, st, ns, *rest = spec.split(":")
-            share = bool(getattr(cfg, "sample_share_first", False)) if len(rest) < 2 else rest[1] == "share"
+            share = cfg.share_first if len(rest) < 2 else rest[1] == "share"
             grid.append((solver, int(st), int(ns), rest[0] if rest else "samples", share))
     else:
         grid = [(solver, st, ns, "samples", False) for solver in a.solvers for st in a.steps for ns in a.samples
@@ -108,10 +108,10 @@ def main(argv=None) -> int:
                                       share_first=share)
         dt = time.perf_counter() - t0
         m, s1 = score(pred), score(smp[0])
-        blend, share = sampler_modes(cfg, ns, st, rule, None, share)  # what sample_expression ran
+        blend, share = sampler_modes(cfg.replace(steps=st, samples=ns, mean=rule, share_first=share))  # as run
         n = nfe(solver, st, ns, blend, share)
         rows.append({"solver": solver, "steps": st, "samples": ns, "mean_rule": rule if blend else "samples",
-                     "mean_like": cfg.sample_mean_like if blend else ns, "share_first": share,
+                     "mean_like": cfg.mean_like if blend else ns, "share_first": share,
                      "nfe_per_spot": n, "seconds": dt, "mean": m, "single_sample": s1})
         print(f"{solver:5s} steps={st:3d} samples={ns} {rows[-1]['mean_rule']:7s} nfe={n:4d} {dt:6.2f}s  "
               + " ".join(f"{k}={m[k]:.3f}" for k in ("PCC", "MSE", "GSC", "GSC-CCC", "SSC")), flush=True)
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         ref = next(r for r in plain if (r["solver"], r["steps"], r["samples"]) == (solver, int(st), int(ns)))
     result = {
         "section": a.section, "checkpoint": str(a.checkpoint), "tol": a.tol,
-        "temperature": float(getattr(getattr(model, "cfg", None), "sample_temperature", 1.0)),
+        "temperature": float(cfg.temperature),
         "reference": {k: ref[k] for k in PICK},
         **choose(rows, ref, a.tol),
         "rows": rows,

@@ -65,14 +65,14 @@ def _synthetic(ckpt: str, n: int, seed: int = 0) -> dict:
     with torch.no_grad():
         h = model.encode_slide(torch.from_numpy(feats), graph)
         t_enc = time.perf_counter() - t0 - t_graph
-        steps, samples = model.cfg.sample_steps, model.cfg.sample_count
+        sampler = model.cfg.sampler
+        steps, samples = sampler.steps, sampler.samples
         nb = graph.neighbour_matrix() if getattr(model, "is_joint", False) else None  # joint: whole slide at once
         sample_expression(model, h, steps=steps, samples=samples, generator=torch.Generator().manual_seed(seed),
                           neighbours=nb)
     return {"seconds": time.perf_counter() - t0, "graph_s": t_graph, "encode_s": t_enc, "spots": n, "steps": steps,
-            "samples": samples, "solver": model.cfg.sample_solver,
-            "mean_rule": getattr(model.cfg, "sample_mean", "samples"),
-            "mean_like": getattr(model.cfg, "sample_mean_like", samples), "joint": bool(getattr(model, "is_joint", False))}
+            "samples": samples, "solver": sampler.solver, "mean_rule": sampler.mean,
+            "mean_like": sampler.mean_like, "joint": bool(getattr(model, "is_joint", False))}
 
 
 def child(kind: str, ckpt: str, arg: str, threads: int) -> None:

@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     for held in SECTIONS:
         val = validation_section(held)
         model, meta = load_model(f"{a.runs}/{held}_flag/best.pt", "cpu")
-        model.cfg.sample_temperature, model.cfg.sample_mean_like = a.temperature, a.mean_like
+        model.set_sampler(temperature=a.temperature, mean_like=a.mean_like)
         train = [f"her2st:{s}" for s in SECTIONS if s not in (held, val)]
         enc = {"context": a.context} if a.context else {}
         data = prepare_data(TrainConfig(train=train, val=[f"her2st:{val}"], test=[], device="cpu", encoder_kw=enc))

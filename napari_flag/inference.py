@@ -49,7 +49,7 @@ from .metrics import array_rc
 from .profiling import PhaseClock
 from .record import PredictionRecord
 from .streaming import FIRST_TILE_SPOTS, TILE_SPOTS, TileResult, plan_tiles, predict_tiles
-from .model import network_calls, sample_expression, sampler_modes
+from .model import SamplerConfig, network_calls, sample_expression, sampler_modes
 
 __all__ = [
     "Progress",
@@ -565,8 +565,9 @@ class _SamplerRun:
     def of(cls, model, steps, samples, seed: int, keep_sample: bool) -> "_SamplerRun":
         if not isinstance(model, torch.nn.Module):  # ridge / MLP: one deterministic prediction
             return cls(0, 1, int(seed), False, False)
-        generative = model.cfg.mode == "diffusion"
-        return cls(int(steps or model.cfg.sample_steps), int(samples or model.cfg.sample_count), int(seed),
+        generative = model.cfg.network.mode == "diffusion"
+        sampler = model.cfg.sampler
+        return cls(int(steps or sampler.steps), int(samples or sampler.samples), int(seed),
                    bool(keep_sample and generative), generative)
 
 
@@ -575,7 +576,8 @@ def _record(ckpt_path, meta, model, run: _SamplerRun, panel: GenePanel, sample, 
     """What the output says about its run (``uns["flag"]``)."""
     slides = _training_slides(meta)
     md = sample.metadata
-    cfg = model.cfg if run.generative else None
+    # the model's sampler at this run's counts (what sample_expression ran)
+    sampler = model.cfg.sampler.replace(steps=run.steps, samples=run.samples) if run.generative else None
     mask = md.get("tissue_mask")
     return PredictionRecord(
         checkpoint=str(ckpt_path), method=str(meta.method), model_version=str(meta.get("version", "")),
@@ -583,9 +585,9 @@ def _record(ckpt_path, meta, model, run: _SamplerRun, panel: GenePanel, sample, 
         encoder=str(meta.encoder["name"]), encoder_dim=int(meta.encoder["dim"]),
         patch_um=float(meta.encoder["patch_um"]), patch_px=int(meta.encoder["patch_px"]),
         steps=run.steps, samples=run.samples, seed=run.seed,
-        solver=str(cfg.sample_solver) if cfg else "", mean_rule=_mean_rule(cfg, run.steps, run.samples) if cfg else "",
-        temperature=float(cfg.sample_temperature) if cfg else None,
-        network_calls_per_spot=network_calls(cfg, run.steps, run.samples) if cfg else None,
+        solver=str(sampler.solver) if sampler else "", mean_rule=_mean_rule(sampler) if sampler else "",
+        temperature=float(sampler.temperature) if sampler else None,
+        network_calls_per_spot=network_calls(sampler) if sampler else None,
         transform=panel.transform, scale=SCALE_NAMES[panel.transform], **_truth_info(panel, slide),
         sample_id=str(sample.sample_id), source=str(sample.source or ""),
         spot_diameter_px=float(sample.spot_diameter_px),
@@ -633,11 +635,11 @@ def _prediction_anndata(sample, slide: SlideData, panel: GenePanel, pred, sd, sm
     return out
 
 
-def _mean_rule(cfg, steps: int, samples: int) -> str:
+def _mean_rule(sampler: SamplerConfig) -> str:
     """How the recorded mean was formed (see :func:`~napari_flag.model.sample_expression`)."""
-    if not sampler_modes(cfg, samples, steps)[0]:
+    if not sampler_modes(sampler)[0]:
         return "samples"
-    like = int(cfg.sample_mean_like)
+    like, samples = int(sampler.mean_like), int(sampler.samples)
     return f"blend of {samples} imitating {like}" if samples < like else f"mean of {samples} (fast)"
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from napari_flag.graph import build_spatial_graph
-from napari_flag.model import EDM, FlagConfig, FlagModel, calls_per_spot, sample_expression
+from napari_flag.model import (EDM, FlagConfig, FlagModel, NetworkConfig, NoiseConfig, SamplerConfig, calls_per_spot,
+                               sample_expression)
+from napari_flag.model.config import FLAT_KEYS, LEGACY_KEYS, route
 
 S, G, D, DE = 48, 12, 16, 10
 
@@ -58,7 +60,7 @@ def test_forward_backward_shapes(toy):
     m = FlagModel(tiny(), G, D, gene_prior=toy["prior"], prior_mask=toy["mask"])
     assert m.has_graph and m.has_align and m.align_dim == DE
     h = m.encode_slide(toy["feats"], toy["graph"])
-    assert h.shape == (S, m.cfg.cond_dim)
+    assert h.shape == (S, m.cfg.network.cond_dim)
     out = m.loss(toy["x0"], h)
     assert set(out) == {"loss", "denoise", "align"}
     assert all(v.ndim == 0 and torch.isfinite(v) for v in out.values())
@@ -161,9 +163,8 @@ def test_blend_mean(toy):
     m = FlagModel(tiny(sample_mean_like=6, sample_share_first=False), G, D)
     _train(m, toy, steps=10)
     h = m.encode_slide(toy["feats"], toy["graph"]).detach()
-    d = FlagConfig()
-    assert (d.sample_count, d.sample_steps, d.sample_mean, d.sample_mean_like, d.sample_share_first) == \
-        (2, 4, "blend", 6, True)
+    d = FlagConfig().sampler
+    assert (d.samples, d.steps, d.mean, d.mean_like, d.share_first) == (2, 4, "blend", 6, True)
     gen = lambda: torch.Generator().manual_seed(5)  # noqa: E731
 
     rows = []
@@ -212,7 +213,7 @@ def test_blend_mean(toy):
     with pytest.raises(ValueError):
         sample_expression(m, h, mean="median")
     with pytest.raises(ValueError):
-        FlagConfig(sample_mean="median")
+        SamplerConfig(mean="median")
 
 
 def test_sample_clipping(toy):
@@ -275,11 +276,11 @@ def test_gatv2_and_missing_graph(toy):
 
     assert isinstance(m.encoder.layers[0].conv, GATv2Conv)
     h = m.encode_slide(toy["feats"], toy["graph"])
-    assert h.shape == (S, m.cfg.cond_dim)
+    assert h.shape == (S, m.cfg.network.cond_dim)
     h0 = m.encode_slide(toy["feats"][:1], build_spatial_graph(np.zeros((1, 2)), np.ones((1, D))))
-    assert h0.shape == (1, m.cfg.cond_dim)
+    assert h0.shape == (1, m.cfg.network.cond_dim)
     t = FlagModel(tiny(), G, D)
-    assert t.encode_slide(toy["feats"], None).shape == (S, t.cfg.cond_dim)
+    assert t.encode_slide(toy["feats"], None).shape == (S, t.cfg.network.cond_dim)
 
 
 def test_cond_dropout_guidance(toy):
@@ -309,14 +310,16 @@ def test_config_roundtrip_and_presets():
     d = json.loads(json.dumps(cfg.to_dict()))
     assert FlagConfig.from_dict(d) == cfg
     paper = FlagConfig.preset("paper")
-    assert (paper.depth, paper.width, paper.heads, paper.graph_layers, paper.align_block) == (12, 384, 6, 6, 8)
-    assert paper.align_hidden == (2048, 2048) and paper.lambda_align == 0.5
+    net = paper.network
+    assert (net.depth, net.width, net.heads, net.graph_layers, net.align_block) == (12, 384, 6, 6, 8)
+    assert net.align_hidden == (2048, 2048) and net.lambda_align == 0.5
+    assert (paper.noise.sigma_max, paper.sampler.steps, paper.preset_name) == (80.0, 16, "paper")
     with pytest.raises(ValueError):
         FlagConfig.preset("huge")
     with pytest.raises(ValueError):
-        FlagConfig(mode="gan")
+        NetworkConfig(mode="gan")
     with pytest.raises(ValueError):
-        FlagConfig(depth=3, align_block=4)
+        NetworkConfig(depth=3, align_block=4)
 
 
 def test_paper_preset_size():
@@ -373,7 +376,7 @@ def test_solvers_on_gaussian_data():
     with pytest.raises(ValueError):
         edm.sample(denoise, z, steps=2, solver="rk4")
     with pytest.raises(ValueError):
-        FlagConfig(sample_solver="rk4")
+        FlagConfig.preset("cpu", sample_solver="rk4")
 
 
 def test_antithetic_pairs(toy, monkeypatch):
@@ -590,13 +593,146 @@ def test_training_noise_share_at_sigma_max():
     torch.testing.assert_close(EDM(P_max=0.0).sample_sigma(100, torch.Generator().manual_seed(1)),
                                (torch.randn(100, generator=torch.Generator().manual_seed(1)) * EDM.P_std
                                 + EDM.P_mean).exp())
-    assert EDM.from_config(FlagConfig(P_max=0.3)).P_max == 0.3
+    assert EDM.from_config(FlagConfig(noise=NoiseConfig(P_max=0.3))).P_max == 0.3
+    assert EDM() == EDM.from_config(NoiseConfig())  # one source of defaults
+
+
+# a checkpoint's model_config as written before the parts: one flat dict (the bundled model's
+# keys), with the key an even older version wrote (align_dim)
+OLD_FLAT = {
+    "mode": "diffusion", "graph": True, "align": True, "feat_dim_proj": 128, "feat_dropout": 0.1, "cond_dim": 64,
+    "graph_kind": "transformer", "graph_layers": 2, "graph_heads": 4, "graph_dropout": 0.0, "depth": 3, "width": 32,
+    "heads": 1, "mlp_ratio": 2.0, "value_fourier": 16, "dropout": 0.0, "joint": True, "align_block": 2,
+    "align_hidden": [128], "lambda_align": 0.5, "sigma_min": 0.01, "sigma_max": 10.0, "sigma_data": 1.0,
+    "P_mean": -0.5, "P_std": 1.2, "rho": 5.0, "P_max": 0.25, "regression_sigma": 1.0, "cond_dropout": 0.0,
+    "guidance": 1.0, "sample_solver": "dpm2m", "sample_steps": 4, "sample_count": 2, "sample_mean": "blend",
+    "sample_mean_like": 6, "sample_share_first": True, "sample_temperature": 0.7, "sample_antithetic": False,
+    "preset_name": "cpu",
+}
 
 
 def test_stored_configs_migrate_old_keys_and_name_unknown_ones():
     cfg = FlagConfig.preset("cpu").to_dict()
     assert FlagConfig.from_dict({**cfg, "align_dim": 64}) == FlagConfig.from_dict(cfg)  # an older version's key
-    less = {k: v for k, v in cfg.items() if k != "sample_share_first"}  # a key added since: its default
-    assert FlagConfig.from_dict(less).sample_share_first == FlagConfig().sample_share_first
+    less = {**cfg, "sampler": {k: v for k, v in cfg["sampler"].items() if k != "share_first"}}  # added since
+    assert FlagConfig.from_dict(less).sampler.share_first == SamplerConfig().share_first
     with pytest.raises(ValueError, match="'warp_drive'"):
         FlagConfig.from_dict({**cfg, "warp_drive": 1})
+    with pytest.raises(ValueError, match="'sampler.warp_drive'"):
+        FlagConfig.from_dict({**cfg, "sampler": {**cfg["sampler"], "warp_drive": 1}})
+
+
+def test_old_flat_checkpoint_config_migrates_to_the_parts():
+    """Every key of a flat model_config lands in its part, by name; align_dim is listed as no longer stored."""
+    old = {**OLD_FLAT, "depth": 4, "P_max": 0.1, "sample_count": 3, "sample_temperature": 0.9, "guidance": 1.5,
+           "cond_dropout": 0.1, "align_dim": 64}
+    cfg = FlagConfig.from_dict(old)
+    assert (cfg.network.depth, cfg.network.cond_dropout, cfg.network.align_hidden) == (4, 0.1, (128,))
+    assert (cfg.noise.P_max, cfg.noise.sigma_max) == (0.1, 10.0)
+    assert (cfg.sampler.samples, cfg.sampler.temperature, cfg.sampler.guidance) == (3, 0.9, 1.5)
+    # nothing dropped: every flat key but the listed legacy one reads back from the parts
+    for key, value in old.items():
+        if key in LEGACY_KEYS:
+            continue
+        if key == "preset_name":
+            assert cfg.preset_name == value
+            continue
+        part, name = FLAT_KEYS[key]
+        got = getattr(getattr(cfg, part), name)
+        assert (list(got) if isinstance(got, tuple) else got) == value, key
+    # the old flat dict and its nested rewrite are the same config, and the rewrite is the new layout
+    assert FlagConfig.from_dict(cfg.to_dict()) == cfg
+    assert set(cfg.to_dict()) == {"network", "noise", "sampler", "preset_name"}
+    with pytest.raises(ValueError, match="'sample_temprature'.*'sample_temperature'"):
+        FlagConfig.from_dict({**OLD_FLAT, "sample_temprature": 0.5})
+
+
+def test_config_dict_round_trip():
+    """to_dict is plain JSON data, nested by part; from_dict gives the same config back, for both presets."""
+    for cfg in (FlagConfig(), FlagConfig.preset("paper"),
+                FlagConfig.preset("cpu", depth=4, align_hidden=(16, 8), sigma_max=20.0, sample_mean="samples",
+                                  guidance=2.0, preset_name="mine")):
+        d = json.loads(json.dumps(cfg.to_dict()))
+        assert d == cfg.to_dict()
+        back = FlagConfig.from_dict(d)
+        assert back == cfg and back.to_dict() == d
+        assert isinstance(back.network.align_hidden, tuple)
+    parts = FlagConfig.preset("cpu", depth=4).to_dict()
+    assert parts["network"]["depth"] == 4 and parts["sampler"]["samples"] == 2 and parts["noise"]["P_max"] == 0.25
+
+
+def test_flat_keys_route_to_their_part():
+    """Flat keys (YAML model sections, model.key=value) reach the part that owns them; nested parts work too."""
+    cfg = FlagConfig.preset("cpu", sample_temperature=0.5, joint=False, P_max=0.1, heads=2, sample_count=3,
+                            guidance=1.5, cond_dropout=0.2, regression_sigma=0.5)
+    assert (cfg.network.joint, cfg.network.heads, cfg.network.cond_dropout) == (False, 2, 0.2)
+    assert (cfg.noise.P_max, cfg.noise.regression_sigma) == (0.1, 0.5)
+    assert (cfg.sampler.temperature, cfg.sampler.samples, cfg.sampler.guidance) == (0.5, 3, 1.5)
+    assert cfg.network == NetworkConfig(joint=False, heads=2, cond_dropout=0.2)  # nothing else changed
+    assert FlagConfig.preset("cpu", sampler={"temperature": 0.5}, network={"heads": 2}) == \
+        FlagConfig.preset("cpu", sample_temperature=0.5, heads=2)
+    assert route({"sample_mean_like": 8, "rho": 6.0, "depth": 2}) == \
+        {"network": {"depth": 2}, "noise": {"rho": 6.0}, "sampler": {"mean_like": 8}}
+    # every flat key a pre-split config had is routed (a field's flat key: its name, or sample_<...>)
+    assert set(FLAT_KEYS) == set(OLD_FLAT) - {"preset_name"}
+    # replace takes the same keys, nested mappings and whole parts
+    new = cfg.replace(sample_steps=8, network={"depth": 2}, noise=NoiseConfig(rho=6.0))
+    assert (new.sampler.steps, new.network.depth, new.network.heads, new.noise.rho, new.noise.P_max) == \
+        (8, 2, 2, 6.0, 0.25)
+    # presets: the paper's sizes, then the overrides
+    paper = FlagConfig.preset("paper", heads=4, sample_temperature=0.7)
+    assert (paper.network.width, paper.network.heads, paper.sampler.temperature, paper.sampler.steps) == \
+        (384, 4, 0.7, 16)
+
+
+@pytest.mark.parametrize("changes, key", [
+    ({"warp_drive": 1}, "'warp_drive'"),
+    ({"sample_temprature": 0.7}, "'sample_temprature'"),
+    ({"temperature": 0.7}, "'temperature'"),  # a sampler field is reached by its flat key or sampler.<name>
+    ({"sampler": {"sample_temperature": 0.7}}, "'sampler.sample_temperature'"),
+    ({"network": {"warp": 1}}, "'network.warp'"),
+])
+def test_unknown_key_is_one_line_naming_it(changes, key):
+    with pytest.raises(ValueError) as err:
+        FlagConfig.preset("cpu", **changes)
+    text = str(err.value)
+    assert key in text and "\n" not in text
+    with pytest.raises(ValueError, match=key):
+        FlagConfig().replace(**changes)
+
+
+def test_one_field_given_two_values_is_an_error():
+    with pytest.raises(ValueError, match="given twice"):
+        FlagConfig.preset("cpu", sample_count=2, sampler={"samples": 3})
+    assert FlagConfig.preset("cpu", sample_count=3, sampler={"samples": 3}).sampler.samples == 3
+
+
+def test_sampler_defaults_have_one_source():
+    """sample_expression's settings, the model's defaults and EDM's schedule come from the config's parts."""
+    assert EDM().sigma_max == NoiseConfig().sigma_max and EDM().P_max == NoiseConfig().P_max
+    cfg = FlagConfig()
+    assert cfg.sampler == SamplerConfig()
+    assert cfg.replace(sample_temperature=0.5).sampler == SamplerConfig(temperature=0.5)
+    with pytest.raises(ValueError, match="'warp'"):
+        SamplerConfig().replace(warp=1)
+    with pytest.raises(ValueError):
+        SamplerConfig(steps=0)
+
+
+def test_model_sampler_is_the_default_of_sample_expression(toy):
+    """A call's keywords change the model's sampler for that call; set_sampler changes the model's own."""
+    torch.manual_seed(0)
+    m = FlagModel(tiny(), G, D)
+    h = m.encode_slide(toy["feats"], toy["graph"]).detach()
+    def gen():
+        return torch.Generator().manual_seed(3)
+
+    by_call = sample_expression(m, h, temperature=0.3, steps=2, generator=gen())
+    assert m.cfg.sampler.temperature == 0.7  # the call changed nothing
+    m.set_sampler(temperature=0.3, steps=2)
+    assert m.cfg.sampler == SamplerConfig(temperature=0.3, steps=2) and m.cfg.network == tiny().network
+    torch.testing.assert_close(sample_expression(m, h, generator=gen())["mean"], by_call["mean"], rtol=0, atol=0)
+    same = sample_expression(m, h, m.cfg.sampler.replace(temperature=0.7), generator=gen())
+    torch.testing.assert_close(same["mean"], sample_expression(m, h, temperature=0.7, generator=gen())["mean"])
+    with pytest.raises(ValueError, match="'temprature'"):
+        sample_expression(m, h, temprature=0.3)

@@ -169,7 +169,7 @@ def _variant(ckpt: Path, folder: Path, name: str) -> tuple[Path, str]:
         ck["genes"] = ck["genes"][:-1] + ck["genes"][:1]
         problem = "duplicate"
     elif name == "model-config":
-        ck["model_config"]["width"] = 17  # not divisible by the heads
+        ck["model_config"]["network"]["width"] = 17  # not divisible by the heads
         problem = "does not fit this napari-flag model"
     elif name == "weights":
         ck["model"] = {k: v[..., :1] if v.ndim else v for k, v in ck["model"].items()}

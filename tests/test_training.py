@@ -82,10 +82,10 @@ def test_config_yaml_and_overrides(tmp_path):
     assert cfg.steps == 7 and cfg.lr == 1e-3 and cfg.val == ["her2st:C2"]
     assert cfg.train == ["her2st:C3", "her2st:C4"]
     fc = cfg.flag_config()
-    assert fc.depth == 2 and fc.width == 32 and fc.graph is False
+    assert fc.network.depth == 2 and fc.network.width == 32 and fc.network.graph is False
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    assert TrainConfig(method="regression").flag_config().mode == "regression"
-    assert TrainConfig(method="no_align").flag_config().align is False
+    assert TrainConfig(method="regression").flag_config().network.mode == "regression"
+    assert TrainConfig(method="no_align").flag_config().network.align is False
     with pytest.raises(FlagInputError, match="stepz"):
         TrainConfig.from_yaml(p, ["stepz=3"])
     with pytest.raises(FlagInputError, match="key=value"):
@@ -96,6 +96,48 @@ def test_config_yaml_and_overrides(tmp_path):
         TrainConfig(method="magic")
     with pytest.raises(FlagInputError, match="not found"):
         TrainConfig.from_yaml(tmp_path / "missing.yaml")
+
+
+def test_flat_model_overrides_reach_their_part(tmp_path):
+    """model.key=value overrides and YAML model sections keep their flat keys; each lands in its part."""
+    p = tmp_path / "c.yaml"
+    p.write_text("train: [her2st:C3]\nmodel:\n  preset: cpu\n  sample_mean_like: 8\n  rho: 6.0\n")
+    over = ["model.sample_temperature=0.6", "model.joint=false", "model.P_max=0.1", "model.heads=2",
+            "model.sample_count=3", "model.guidance=1.5"]
+    fc = TrainConfig.from_yaml(p, over).flag_config()
+    assert (fc.network.joint, fc.network.heads) == (False, 2)
+    assert (fc.noise.P_max, fc.noise.rho) == (0.1, 6.0)
+    assert (fc.sampler.temperature, fc.sampler.samples, fc.sampler.mean_like, fc.sampler.guidance) == (0.6, 3, 8, 1.5)
+    # the nested form names the part
+    nested = TrainConfig.from_yaml(p, ["model.sampler.temperature=0.6", "model.network.heads=2"]).flag_config()
+    assert (nested.sampler.temperature, nested.network.heads, nested.sampler.mean_like) == (0.6, 2, 8)
+    # the method's switches still win over the overrides
+    reg = TrainConfig.from_yaml(p, ["method=regression", "model.joint=true"]).flag_config()
+    assert (reg.network.mode, reg.network.joint) == ("regression", False)
+    assert TrainConfig(model={"preset": "paper", "preset_name": "mine"}).flag_config().preset_name == "mine"
+
+
+@pytest.mark.parametrize("override, key", [("model.sample_temprature=0.7", "'sample_temprature'"),
+                                           ("model.warp_drive=1", "'warp_drive'"),
+                                           ("model.sampler.temprature=0.7", "'sampler.temprature'")])
+def test_unknown_model_key_is_one_line_naming_it(tmp_path, override, key):
+    p = tmp_path / "c.yaml"
+    p.write_text("train: [her2st:C3]\n")
+    with pytest.raises(FlagInputError) as err:
+        TrainConfig.from_yaml(p, [override])  # at once, before any data are read
+    text = str(err.value)
+    assert text.startswith(f"{p}: model: unknown FlagConfig key") and key in text and "\n" not in text
+
+
+def test_resume_compares_network_and_noise_not_sampler():
+    from napari_flag.model import FlagConfig
+    from napari_flag.training.loop import _model_mismatch
+
+    base = FlagConfig()
+    assert _model_mismatch(base, base.replace(sample_temperature=0.3, guidance=2.0)) is None
+    assert _model_mismatch(base, base.replace(depth=4, align_block=1)) == \
+        "model align_block=2 in the checkpoint, 1 in the config (and 1 more)"
+    assert _model_mismatch(base, base.replace(P_max=0.0)) == "model P_max=0.25 in the checkpoint, 0.0 in the config"
 
 
 def test_shipped_configs_load():
@@ -268,6 +310,6 @@ def test_joint_denoising_trains_validates_and_predicts(prepared, tmp_path):
     assert res.status == "finished" and len(res.history) == 2
     assert all(np.isfinite(v["PCC"]) for v in res.history)
     model, _ = load_model(res.last_path)
-    assert model.is_joint and model.cfg.joint
+    assert model.is_joint and model.cfg.network.joint
     out = predict_sample("her2st:C2", checkpoint=res.last_path, device="cpu", feature_cache=str(FEATURE_DIR))
     assert out.n_obs > 100 and np.isfinite(out.X).all() and np.isfinite(out.layers["std"]).all()

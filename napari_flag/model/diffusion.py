@@ -14,12 +14,12 @@ Data are assumed standardised per gene, so ``sigma_data`` is about 1.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from typing import Any, Callable
 
 import torch
 
-from .config import SOLVERS, FlagConfig
+from .config import MEAN_RULES, SOLVERS, FlagConfig, NoiseConfig, SamplerConfig
 
 __all__ = ["EDM", "SOLVERS", "MEAN_RULES", "sample_expression", "calls_per_spot", "fast_mode",
            "network_calls", "sampler_modes"]
@@ -27,12 +27,12 @@ __all__ = ["EDM", "SOLVERS", "MEAN_RULES", "sample_expression", "calls_per_spot"
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-_NOISE = {f.name: f.default for f in fields(FlagConfig)}
+_NOISE = {f.name: f.default for f in fields(NoiseConfig)}
 
 
 @dataclass
 class EDM:
-    """Noise schedule and preconditioning; defaults are :class:`FlagConfig`'s (one source)."""
+    """Noise schedule and preconditioning; defaults are :class:`NoiseConfig`'s (one source)."""
 
     sigma_min: float = _NOISE["sigma_min"]
     sigma_max: float = _NOISE["sigma_max"]
@@ -43,8 +43,10 @@ class EDM:
     P_max: float = _NOISE["P_max"]
 
     @classmethod
-    def from_config(cls, cfg) -> "EDM":
-        return cls(cfg.sigma_min, cfg.sigma_max, cfg.sigma_data, cfg.P_mean, cfg.P_std, cfg.rho, cfg.P_max)
+    def from_config(cls, cfg: FlagConfig | NoiseConfig) -> "EDM":
+        """The schedule of a model config's :class:`NoiseConfig` (or of a ``NoiseConfig``)."""
+        noise = cfg.noise if isinstance(cfg, FlagConfig) else cfg
+        return cls(**{f.name: getattr(noise, f.name) for f in fields(cls)})
 
     # -- preconditioning ----------------------------------------------------
     def precond(self, sigma: torch.Tensor):
@@ -183,82 +185,20 @@ class EDM:
 
 
 NOISE_BLOCK = 64  # spots per independently seeded block of initial noise
-MEAN_RULES = ("samples", "blend")
 
 
-@dataclass(frozen=True)
-class SamplerSettings:
-    """How :func:`sample_expression` samples; ``None`` fields take the model config's value.
-
-    The one place the sampler's settings are named: :meth:`resolve` fills the
-    unset ones from a :class:`~napari_flag.model.config.FlagConfig` and checks them.
-
-    ``mean`` (default: the config's ``sample_mean``) is how the returned mean
-    is formed:
-
-    * ``"samples"``: the mean of the M samples, ``std`` their std.
-    * ``"blend"``: imitates the mean of ``mean_like`` (N) samples at the cost of
-      M.  The first network call of every sample, ``D(x_T; sigma_max)``, is
-      already an estimate of the posterior mean ``mu`` (the one-shot
-      denoiser); their average ``mu`` plus ``sqrt(M/N)`` times the samples'
-      mean deviation from it has the same residual sample variance
-      (``Sigma/N``) as an N-sample mean, so it keeps that mean's balance
-      between PCC (pulled up by ``mu``) and spatial/gene-gene structure (kept
-      by the residual), and costs no extra network call.  ``std`` is the RMS
-      deviation of the samples from ``mu`` (M degrees of freedom, not M-1;
-      on a training section it matched a 32-sample std in scale, where the
-      2-sample std is 20% low).  At ``M == N`` the mean is the samples' plain
-      mean, with that ``std``; with ``M > N`` it is the plain rule.  This
-      fast mode also stops each sample at ``sigma_min``
-      (``EDM.sample(final_call=False)``): 2 samples x 4 steps cost 6 calls
-      (5 with ``share_first``).
-      ``std`` is zero for one sample under both rules.
-
-    ``share_first`` (default: the config's ``sample_share_first``; fast mode
-    only): the M samples share one network call at ``sigma_max``.  There
-    ``D(x; sigma_max) = c_skip x + c_out F`` with ``c_skip`` about 0.01 and F
-    nearly blind to its pure-noise input, so every sample's first denoised
-    estimate is taken as ``c_skip x_k + (D(x_1) - c_skip x_1)``: one call
-    instead of M (2 samples x 4 steps: 5 calls per spot, see :func:`calls_per_spot`).
-    """
-
-    steps: int | None = None
-    samples: int | None = None
-    solver: str | None = None
-    guidance: float | None = None
-    chunk_rows: int = 128
-    temperature: float | None = None
-    antithetic: bool | None = None
-    mean: str | None = None
-    mean_like: int | None = None
-    keep_samples: int | None = None
-    share_first: bool | None = None
-
-    @classmethod
-    def build(cls, settings: "SamplerSettings | None" = None, **overrides) -> "SamplerSettings":
-        """``settings`` with ``overrides``; an unknown name is an error naming it."""
-        names = {f.name for f in fields(cls)}
-        unknown = sorted(set(overrides) - names)
-        if unknown:
-            raise TypeError(f"unknown sampler setting {unknown[0]!r} (known: {', '.join(sorted(names))})")
-        return replace(settings or cls(), **{k: v for k, v in overrides.items() if v is not None})
-
-    def resolve(self, cfg) -> "_Resolved":
-        m = int(self.samples or cfg.sample_count)
-        steps = int(self.steps or cfg.sample_steps)
-        rule = self.mean or getattr(cfg, "sample_mean", "samples")
-        if rule not in MEAN_RULES:
-            raise ValueError(f"mean must be one of {MEAN_RULES}, got {rule!r}")
-        like = int(getattr(cfg, "sample_mean_like", m) if self.mean_like is None else self.mean_like)
-        blend, share = sampler_modes(cfg, m, steps, rule, like, self.share_first)
-        return _Resolved(
-            steps=steps, m=m, solver=self.solver or cfg.sample_solver,
-            guidance=cfg.guidance if self.guidance is None else float(self.guidance),
-            chunk_rows=int(self.chunk_rows), like=like,
-            keep=m if self.keep_samples is None else max(0, min(int(self.keep_samples), m)),
-            anti=bool(cfg.sample_antithetic if self.antithetic is None else self.antithetic) and m > 1,
-            blend=blend, share=share,
-            tau=cfg.sample_temperature if self.temperature is None else float(self.temperature))
+def _resolve(sampler: SamplerConfig, chunk_rows: int = 128, keep_samples: int | None = None,
+             **overrides) -> _Resolved:
+    """``sampler`` with ``overrides`` (:class:`SamplerConfig` field names; ``None``, and 0 for
+    ``steps`` and ``samples``, keep the sampler's value), every setting filled in and checked."""
+    changes = {k: v for k, v in overrides.items() if v is not None and not (k in ("steps", "samples") and v == 0)}
+    s = sampler.replace(**changes)
+    m, steps = int(s.samples), int(s.steps)
+    blend, share = sampler_modes(s)
+    return _Resolved(
+        steps=steps, m=m, solver=s.solver, guidance=float(s.guidance), chunk_rows=int(chunk_rows),
+        like=int(s.mean_like), keep=m if keep_samples is None else max(0, min(int(keep_samples), m)),
+        anti=bool(s.antithetic) and m > 1, blend=blend, share=share, tau=float(s.temperature))
 
 
 @dataclass(frozen=True)
@@ -282,7 +222,7 @@ class _Resolved:
 def sample_expression(
     model,
     h: torch.Tensor,
-    settings: SamplerSettings | None = None,
+    sampler: SamplerConfig | None = None,
     *,
     generator: torch.Generator | None = None,
     return_samples: bool = False,
@@ -290,6 +230,8 @@ def sample_expression(
     clip_min: torch.Tensor | None = None,
     clip_max: torch.Tensor | None = None,
     neighbours: torch.Tensor | None = None,
+    chunk_rows: int = 128,
+    keep_samples: int | None = None,
     **overrides,
 ) -> dict[str, torch.Tensor | None]:
     """Expression of every spot of a slide, in the model's standardised units.
@@ -297,10 +239,11 @@ def sample_expression(
     ``model`` is the network (a :class:`~napari_flag.model.FlagModel`: ``denoise``,
     ``predict_regression``, ``edm``, ``cfg``, ``n_genes``); ``h`` its slide
     condition (S, cond_dim), computed once by ``model.encode_slide``.  The
-    sampler's settings are a :class:`SamplerSettings` (``settings``, or its
-    fields as keyword arguments; unset ones come from the model's config).  Draws
+    sampler's settings are a :class:`~napari_flag.model.config.SamplerConfig`
+    (``sampler``, default the model's ``cfg.sampler``) with any of its fields
+    changed by keyword (``None`` keeps the setting).  Draws
     ``samples`` (M) samples per spot with a deterministic ``solver`` ODE of
-    ``steps`` steps (defaults: the model config's; see :meth:`EDM.nfe`),
+    ``steps`` steps (see :meth:`EDM.nfe`),
     ``chunk_rows`` (spot x sample) rows at a time: 128 rows keep a block's
     activations (200 tokens x width 32) in cache; 256 ran 15-20% slower per
     spot on a 2-core AVX-512 CPU.  Each sample is clipped to ``[clip_min, clip_max]``
@@ -309,7 +252,7 @@ def sample_expression(
     from the negated noise of the first ``M//2`` (``std`` is then the
     population std).
 
-    How the mean is formed and when the first call is shared: see :class:`SamplerSettings`.
+    How the mean is formed and when the first call is shared: see :class:`~napari_flag.model.config.SamplerConfig`.
 
     Only what is returned is held: ``mean``, ``std`` and, with
     ``return_samples``, the first ``keep_samples`` samples (default all M).
@@ -317,7 +260,7 @@ def sample_expression(
     taken from ``generator``, so results do not depend on ``chunk_rows`` and
     nothing of size M x S x G is allocated unless asked for.
 
-    A joint-denoising model (``cfg.joint``) needs ``neighbours``, the slide's
+    A joint-denoising model (``cfg.network.joint``) needs ``neighbours``, the slide's
     sparse (S, S) :meth:`~napari_flag.graph.SpatialGraph.neighbour_matrix`:
     each step then aggregates every spot's neighbours' noisy values, so the
     ODE runs over all spots at once (chunked per network call; it holds a few
@@ -325,7 +268,7 @@ def sample_expression(
 
     Returns ``dict(mean=(S, G), std=(S, G), samples=(K, S, G) or None)``.
     """
-    run = SamplerSettings.build(settings, **overrides).resolve(model.cfg)
+    run = _resolve(model.cfg.sampler if sampler is None else sampler, chunk_rows, keep_samples, **overrides)
     was_training = model.training
     model.eval()
     try:
@@ -333,7 +276,7 @@ def sample_expression(
         job = _Job(model, h, run, _clipper(clip_min, clip_max, h.device), progress,
                    torch.empty(run.keep, h.shape[0], model.n_genes, device=h.device)
                    if return_samples and run.keep else None)
-        if model.cfg.mode == "regression":
+        if model.cfg.network.mode == "regression":
             mean, std = _sample_regression(job)
         elif getattr(model, "is_joint", False):
             if neighbours is None:
@@ -474,21 +417,17 @@ def fast_mode(rule: str, samples: int, mean_like: int) -> bool:
     return rule == "blend" and samples <= mean_like
 
 
-def sampler_modes(cfg, samples: int, steps: int, mean: str | None = None, mean_like: int | None = None,
-                  share_first: bool | None = None) -> tuple[bool, bool]:
-    """``(fast, share)``: whether :func:`sample_expression` runs its fast mode and shares the first
-    call, for ``cfg`` with these overrides (``None``: the config's)."""
-    rule = mean or getattr(cfg, "sample_mean", "samples")
-    like = int(getattr(cfg, "sample_mean_like", samples) if mean_like is None else mean_like)
-    fast = fast_mode(rule, samples, like)
-    share = fast and samples > 1 and steps > 1 and bool(
-        getattr(cfg, "sample_share_first", False) if share_first is None else share_first)
+def sampler_modes(sampler: SamplerConfig) -> tuple[bool, bool]:
+    """``(fast, share)``: whether :func:`sample_expression` runs its fast mode with ``sampler``, and
+    whether its samples share the first call."""
+    fast = fast_mode(sampler.mean, sampler.samples, sampler.mean_like)
+    share = fast and sampler.samples > 1 and sampler.steps > 1 and bool(sampler.share_first)
     return fast, share
 
 
-def network_calls(cfg, steps: int, samples: int) -> int:
-    """Network evaluations per spot of :func:`sample_expression` with ``cfg``'s sampler at these counts."""
-    return calls_per_spot(steps, cfg.sample_solver, samples, *sampler_modes(cfg, samples, steps))
+def network_calls(sampler: SamplerConfig) -> int:
+    """Network evaluations per spot of :func:`sample_expression` with ``sampler``."""
+    return calls_per_spot(sampler.steps, sampler.solver, sampler.samples, *sampler_modes(sampler))
 
 
 def calls_per_spot(steps: int, solver: str, samples: int, fast: bool, share_first: bool = False) -> int:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import FlagConfig
+from .config import FlagConfig, NetworkConfig
 from .diffusion import EDM, timestep_features
 
 __all__ = ["FlagModel"]
@@ -164,7 +164,7 @@ class GraphLayer(nn.Module):
 class SlideEncoder(nn.Module):
     """Visual features (+ spatial graph) -> H_spatial (S, cond_dim)."""
 
-    def __init__(self, cfg: FlagConfig, feat_dim: int):
+    def __init__(self, cfg: NetworkConfig, feat_dim: int):
         super().__init__()
         p = cfg.feat_dim_proj
         self.inp = nn.Sequential(
@@ -190,11 +190,11 @@ class SlideEncoder(nn.Module):
 
 
 class FlagModel(nn.Module):
-    """FLAG denoiser (``cfg.mode == "diffusion"``) or its regression ablation.
+    """FLAG denoiser (``cfg.network.mode == "diffusion"``) or its regression ablation.
 
     Parameters
     ----------
-    cfg : sizes and switches.
+    cfg : the model's settings (its network's sizes and switches, noise schedule and sampler defaults).
     n_genes : G, the panel size (one token per gene).
     feat_dim : width of the visual features.
     gene_prior : optional frozen (G, d_e) gene embedding table for the alignment loss.
@@ -214,31 +214,32 @@ class FlagModel(nn.Module):
         self.n_genes = int(n_genes)
         self.feat_dim = int(feat_dim)
         self.edm = EDM.from_config(cfg)
-        w = cfg.width
+        net = cfg.network
+        w = net.width
 
         # Feature standardisation, set by the trainer from training slides
         # (set_feature_stats) and saved with the weights.
         self.register_buffer("feat_mean", torch.zeros(feat_dim))
         self.register_buffer("feat_std", torch.ones(feat_dim))
 
-        self.encoder = SlideEncoder(cfg, feat_dim)
+        self.encoder = SlideEncoder(net, feat_dim)
         self.gene_embed = nn.Embedding(self.n_genes, w)
         nn.init.normal_(self.gene_embed.weight, std=0.5)
-        self.value_embed = ValueEmbed(w, cfg.value_fourier)
+        self.value_embed = ValueEmbed(w, net.value_fourier)
         # joint denoising: the neighbours' noisy value of each gene, embedded like its own
-        self.nbr_embed = ValueEmbed(w, cfg.value_fourier) if cfg.joint else None
+        self.nbr_embed = ValueEmbed(w, net.value_fourier) if net.joint else None
         self.noise_embed = NoiseEmbed(w)
-        self.cond_proj = nn.Sequential(nn.Linear(cfg.cond_dim, w), nn.SiLU(), nn.Linear(w, w))
-        self.null_cond = nn.Parameter(torch.zeros(cfg.cond_dim)) if cfg.cond_dropout > 0 else None
+        self.cond_proj = nn.Sequential(nn.Linear(net.cond_dim, w), nn.SiLU(), nn.Linear(w, w))
+        self.null_cond = nn.Parameter(torch.zeros(net.cond_dim)) if net.cond_dropout > 0 else None
         self.blocks = nn.ModuleList(
-            DiTBlock(w, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth)
+            DiTBlock(w, net.heads, net.mlp_ratio, net.dropout) for _ in range(net.depth)
         )
         self.final = FinalLayer(w)
 
         # GFM alignment: only built when it can be used.
         self.projector = None
         self.align_dim: int | None = None
-        if cfg.align and gene_prior is not None:
+        if net.align and gene_prior is not None:
             prior = _tensor(gene_prior, torch.float32)
             if prior.shape[0] != self.n_genes:
                 raise ValueError(f"gene_prior has {prior.shape[0]} rows, expected {self.n_genes}")
@@ -251,7 +252,7 @@ class FlagModel(nn.Module):
             if prior.is_meta or bool(mask.any()):
                 # the prior's width is a property of the table, not of the config: kept here
                 self.align_dim = int(prior.shape[1])
-                dims = [w, *cfg.align_hidden, self.align_dim]
+                dims = [w, *net.align_hidden, self.align_dim]
                 mods: list[nn.Module] = []
                 for i in range(len(dims) - 1):
                     mods.append(nn.Linear(dims[i], dims[i + 1]))
@@ -277,6 +278,11 @@ class FlagModel(nn.Module):
         for lin in zero:
             nn.init.zeros_(lin.weight)
             nn.init.zeros_(lin.bias)
+
+    def set_sampler(self, **changes) -> None:
+        """Change the sampler defaults this model predicts with (:class:`~napari_flag.model.config.SamplerConfig`
+        fields, e.g. ``temperature=0.7``); the network and its weights are unchanged."""
+        self.cfg = self.cfg.replace(sampler=self.cfg.sampler.replace(**changes))
 
     @property
     def device(self) -> torch.device:
@@ -340,7 +346,7 @@ class FlagModel(nn.Module):
         hidden = None
         for i, blk in enumerate(self.blocks):
             x = blk(x, c)
-            if keep_hidden and i + 1 == self.cfg.align_block:
+            if keep_hidden and i + 1 == self.cfg.network.align_block:
                 hidden = x
         return self.final(x, c), hidden
 
@@ -348,7 +354,7 @@ class FlagModel(nn.Module):
         if self.null_cond is None or not self.training:
             return h
         drop = torch.rand(h.shape[0], 1, generator=generator, device=_dev(generator, h)).to(h.device)
-        return torch.where(drop < self.cfg.cond_dropout, self.null_cond.expand_as(h), h)
+        return torch.where(drop < self.cfg.network.cond_dropout, self.null_cond.expand_as(h), h)
 
     def denoise(self, x: torch.Tensor, sigma: torch.Tensor, h: torch.Tensor, guidance: float = 1.0,
                 nbr: torch.Tensor | None = None):
@@ -374,7 +380,7 @@ class FlagModel(nn.Module):
         """Deterministic prediction of the regression ablation (zero values, fixed noise level)."""
         b = h.shape[0]
         v = torch.zeros(b, self.n_genes, device=h.device, dtype=h.dtype)
-        c_noise = torch.full((b,), math.log(self.cfg.regression_sigma) / 4, device=h.device)
+        c_noise = torch.full((b,), math.log(self.cfg.noise.regression_sigma) / 4, device=h.device)
         return self._trunk(v, c_noise, h)[0]
 
     # ------------------------------------------------------------------- loss
@@ -394,9 +400,9 @@ class FlagModel(nn.Module):
         x0 = x0.to(self.device, torch.float32)
         h = self._drop_cond(h, generator)
         b = x0.shape[0]
-        if self.cfg.mode == "regression":
+        if self.cfg.network.mode == "regression":
             v = torch.zeros_like(x0)
-            c_noise = torch.full((b,), math.log(self.cfg.regression_sigma) / 4, device=x0.device)
+            c_noise = torch.full((b,), math.log(self.cfg.noise.regression_sigma) / 4, device=x0.device)
             out, hidden = self._trunk(v, c_noise, h, keep_hidden=self.has_align)
             denoise = F.mse_loss(out, x0)
         else:
@@ -419,7 +425,7 @@ class FlagModel(nn.Module):
                                       nbr=None if nbr is None else c_in * nbr)
             denoise = F.mse_loss(out, target)
         align = self._align_loss(hidden) if self.has_align else denoise.new_zeros(())
-        return {"loss": denoise + self.cfg.lambda_align * align, "denoise": denoise, "align": align}
+        return {"loss": denoise + self.cfg.network.lambda_align * align, "denoise": denoise, "align": align}
 
     def _align_loss(self, hidden: torch.Tensor) -> torch.Tensor:
         idx = self.prior_mask.nonzero(as_tuple=True)[0]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from .config import TrainConfig, apply_overrides, parse_overrides
 from .data import PreparedData, prepare_data
-from .loop import SAMPLER_KEYS, TrainCallbacks, TrainEvent, TrainResult, event_callbacks, train, validate
+from .loop import TrainCallbacks, TrainEvent, TrainResult, event_callbacks, train, validate
 
 __all__ = [
     "TrainConfig",
@@ -22,5 +22,4 @@ __all__ = [
     "TrainResult",
     "train",
     "validate",
-    "SAMPLER_KEYS",
 ]

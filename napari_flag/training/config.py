@@ -17,6 +17,7 @@ from ..data.panel import TRANSFORMS
 from ..errors import FlagInputError
 from ..metrics import METRIC_KEYS
 from ..model import BASELINES, METHODS, FlagConfig
+from ..model.config import route
 
 __all__ = ["TrainConfig", "parse_overrides", "apply_overrides"]
 
@@ -50,7 +51,9 @@ class TrainConfig:
 
     # --- model -------------------------------------------------------------
     method: str = "flag"
-    model: dict = field(default_factory=lambda: {"preset": "cpu"})  # preset name + FlagConfig overrides
+    # preset name + FlagConfig overrides: flat keys (depth, P_max, sample_temperature) or nested parts
+    # (sampler: {temperature: 0.7}); see napari_flag.model.config
+    model: dict = field(default_factory=lambda: {"preset": "cpu"})
     baseline: dict = field(default_factory=dict)  # keyword arguments of the ridge/MLP baseline
 
     # --- optimisation ------------------------------------------------------
@@ -110,6 +113,8 @@ class TrainConfig:
             raise FlagInputError(f"val_metric: unknown {self.val_metric!r}; use one of {', '.join(METRIC_KEYS)}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise FlagInputError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        if not self.is_baseline:
+            self.flag_config()  # an unknown or invalid model key fails here, not after the features
 
     def jitter_ranges(self):
         """The stain augmentation's :class:`~napari_flag.features.stain.JitterRanges`."""
@@ -167,13 +172,13 @@ class TrainConfig:
 
     # -- derived -----------------------------------------------------------
     def flag_config(self):
-        """The model's :class:`FlagConfig`: preset, then overrides, then the method's switches."""
+        """The model's :class:`FlagConfig`: preset, then overrides, then the method's switches.
+
+        Overrides name fields by flat key or nested part (:func:`~napari_flag.model.config.route`);
+        an unknown key is a one-line error naming it."""
         over = dict(self.model)
         preset = over.pop("preset", "cpu")
-        names = {f.name for f in fields(FlagConfig)}
-        unknown = sorted(set(over) - names)
-        if unknown:
-            raise FlagInputError(f"model: unknown FlagConfig key(s): {', '.join(unknown)}")
+        name = over.pop("preset_name", preset)
         # no_graph drops every use of the spatial graph (the encoder's and joint denoising's);
         # regression has no noisy values for joint denoising to share
         switches = {
@@ -182,9 +187,10 @@ class TrainConfig:
             "no_align": {"align": False},
             "regression": {"mode": "regression", "joint": False},
         }.get(self.method, {})
-        over.update(switches)
         try:
-            return FlagConfig.preset(preset, **over)
+            parts = route(over)  # the method's switches win over the overrides
+            parts["network"].update(switches)
+            return FlagConfig.preset(preset, **parts, preset_name=name)
         except (TypeError, ValueError) as exc:
             raise FlagInputError(f"model: {exc}") from exc
 

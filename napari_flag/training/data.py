@@ -105,7 +105,7 @@ def _gene_prior(cfg, genes: list[str]):
     problems with it are errors.
     """
     flag_cfg = cfg.flag_config() if not cfg.is_baseline else None
-    if flag_cfg is None or not flag_cfg.align:
+    if flag_cfg is None or not flag_cfg.network.align:
         return None, None
     spec = cfg.gene_prior
     if isinstance(spec, str) and spec.strip().lower() in ("none", "off", "false", ""):

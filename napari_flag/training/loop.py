@@ -35,11 +35,11 @@ from ..features.encoders import resolve_device
 from ..inference import SlideData, predict_arrays
 from ..metrics import evaluate, jsonable, summarize
 from ..model import BASELINES, FlagConfig, FlagModel
-from ..model.config import LEGACY_KEYS, SAMPLER_KEYS
+from ..model.config import FLAT_KEYS
 from .config import LOWER_IS_BETTER, TrainConfig
 from .data import PreparedData, prepare_data
 
-__all__ = ["TrainCallbacks", "TrainEvent", "event_callbacks", "TrainResult", "train", "validate", "SAMPLER_KEYS"]
+__all__ = ["TrainCallbacks", "TrainEvent", "event_callbacks", "TrainResult", "train", "validate"]
 
 CALLBACK_NAMES = ("on_progress", "on_log", "on_step", "on_epoch", "on_validation", "on_checkpoint")
 
@@ -254,17 +254,21 @@ def _resume_mismatch(ckpt: dict, cfg: TrainConfig) -> str | None:
         if key in tc and json.dumps(tc[key], sort_keys=True) != json.dumps(getattr(cfg, key), sort_keys=True):
             return f"checkpoint {key}={tc[key]!r} differs from config {key}={getattr(cfg, key)!r}"
     if not cfg.is_baseline and isinstance(ckpt.get("model_config"), dict):
-        skip = SAMPLER_KEYS + tuple(LEGACY_KEYS)
-        # through FlagConfig, so a key added since the run was saved reads as its default
-        have = {k: v for k, v in FlagConfig.from_dict(ckpt["model_config"]).to_dict().items() if k not in skip}
-        want = {k: v for k, v in cfg.flag_config().to_dict().items() if k not in skip}
-        diff = sorted(k for k in set(have) | set(want)
-                      if json.dumps(have.get(k), sort_keys=True) != json.dumps(want.get(k), sort_keys=True))
-        if diff:
-            k = diff[0]
-            more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
-            return f"model {k}={have.get(k)!r} in the checkpoint, {want.get(k)!r} in the config{more}"
+        return _model_mismatch(FlagConfig.from_dict(ckpt["model_config"]), cfg.flag_config())
     return None
+
+
+def _model_mismatch(have: FlagConfig, want: FlagConfig) -> str | None:
+    """The first network or noise field (by flat key) where the saved run's config differs from the
+    config's; the sampler may differ (it changes no training)."""
+    diff = [(flat, part, name) for flat, (part, name) in sorted(FLAT_KEYS.items())
+            if part != "sampler" and getattr(getattr(have, part), name) != getattr(getattr(want, part), name)]
+    if not diff:
+        return None
+    flat, part, name = diff[0]
+    more = f" (and {len(diff) - 1} more)" if len(diff) > 1 else ""
+    return (f"model {flat}={getattr(getattr(have, part), name)!r} in the checkpoint, "
+            f"{getattr(getattr(want, part), name)!r} in the config{more}")
 
 
 def _trim_log(path: Path, step: int) -> None:
