@@ -6,8 +6,9 @@
 For each HER2ST section C2-C6, its leave-one-section-out model
 (``RUNS/<section>_flag/last.pt``, trained on the other four) predicts the
 section; two regions are drawn from the *measured* expression (k-means, k = 2,
-on the first 10 principal components of the measured log expression: two
-tissue compartments), each the union of its spots' squares, as a pathologist's
+on the first 10 principal components of the measured log expression with
+each spot's mean over genes taken out: two tissue compartments by
+composition, not by depth), each the union of its spots' squares, as a pathologist's
 polygons would cover them.  :func:`napari_flag.regions` then compares them
 (64 joint samples, seed 0) and the predicted difference per gene is scored
 against the measured one:
@@ -39,11 +40,17 @@ SECTIONS = ["C2", "C3", "C4", "C5", "C6"]
 
 
 def measured_compartments(adata, seed: int = 0) -> np.ndarray:
-    """Cluster label (0/1) of each spot from its measured expression."""
+    """Cluster label (0/1) of each spot from the composition of its measured expression.
+
+    Each spot's mean over genes is taken out first: clusters of the raw
+    levels split spots by how many transcripts they caught (every gene higher
+    in one cluster), a difference any model gets the sign of.
+    """
     from sklearn.cluster import KMeans
     from sklearn.decomposition import PCA
 
     truth = np.nan_to_num(np.asarray(adata.layers["truth"], dtype=np.float64))
+    truth = truth - truth.mean(axis=1, keepdims=True)
     z = (truth - truth.mean(0)) / np.maximum(truth.std(0), 1e-8)
     pcs = PCA(n_components=10, random_state=seed).fit_transform(z)
     return KMeans(n_clusters=2, n_init=10, random_state=seed).fit_predict(pcs)

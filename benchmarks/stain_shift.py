@@ -101,19 +101,22 @@ def figure(paths: list[str], out: str) -> None:
     import matplotlib.pyplot as plt
 
     results = [json.loads(Path(p).read_text()) for p in paths]
+    lims = {k: (min(v[k] for r in results for v in r["summary"]["mean"].values()),
+                max(v[k] for r in results for v in r["summary"]["mean"].values())) for k in ("PCC", "SSC")}
     fig, axes = plt.subplots(len(results), 2, figsize=(9, 3.6 * len(results)), squeeze=False)
     for row, r in zip(axes, results):
         grid = r["grid"]
         mean = r["summary"]["mean"]
         for ax, key, cmap in zip(row, ("PCC", "SSC"), ("viridis", "magma")):
             m = np.array([[mean[f"{h:g},{e:g}"][key] for e in grid] for h in grid])
-            im = ax.imshow(m, origin="lower", cmap=cmap, vmin=m.min(), vmax=m.max())
+            im = ax.imshow(m, origin="lower", cmap=cmap, vmin=lims[key][0], vmax=lims[key][1])  # shared by the rows
             ax.set_xticks(range(len(grid)), [f"{g:g}" for g in grid])
             ax.set_yticks(range(len(grid)), [f"{g:g}" for g in grid])
             ax.set_xlabel("eosin scale")
             ax.set_ylabel("haematoxylin scale")
             for (i, j), v in np.ndenumerate(m):
-                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="w")
+                ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7,
+                        color="k" if v > (lims[key][0] + lims[key][1]) / 2 else "w")
             ax.set_title(f"{r['label']}: {key} (mean of {len(r['sections'])} sections)")
             fig.colorbar(im, ax=ax, shrink=0.8)
     fig.tight_layout()

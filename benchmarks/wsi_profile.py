@@ -79,9 +79,15 @@ def run_predict(code: Path, slide: Path, work: Path, tag: str, threads: int, pro
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(code), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep),
                NAPARI_FLAG_FEATURE_DIR=str(feat), WSI_SCALE_HWM=str(hwm),
                OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    where = subprocess.run([sys.executable, "-c", "import napari_flag; print(napari_flag.__file__)"], env=env,
+                           cwd=str(work), capture_output=True, text=True).stdout.strip()
+    if not Path(where).resolve().is_relative_to(Path(code).resolve()):
+        raise SystemExit(f"{tag}: the child imports {where}, not {code}'s package")
     gflops = matmul_gflops(threads)
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    # cwd = the work folder: `python -c` puts the cwd first on sys.path, and run from a checkout's root
+    # that checkout's package would shadow PYTHONPATH's
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=str(work))
     _, status, ru = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     log = proc.stdout.read().decode(errors="replace")

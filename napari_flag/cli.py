@@ -386,7 +386,7 @@ def _cmd_regions(args) -> int:
         write_geojson(res, args.geojson, args.overwrite)
     sizes = ", ".join(f"{n} {k}" for n, k in zip(res.names, res.n_spots))
     print(f"{len(res.names)} regions ({sizes} spots), {res.info['n_draws']} joint samples of "
-          f"{res.info['sampled_spots']} spots in {res.info['seconds']:.1f} s: {args.out}")
+          f"{res.info['sampled_spots']} spots (theirs and their neighbours') in {res.info['seconds']:.1f} s: {args.out}")
     if de is not None:
         print(de.head(10).to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     return 0

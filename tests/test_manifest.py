@@ -10,7 +10,7 @@ REPO = Path(__file__).resolve().parents[1]
 PKG_YAML = REPO / "napari_flag" / "napari.yaml"
 ROOT_YAML = REPO / "napari.yaml"
 
-WIDGETS = {"Predict expression", "Gene maps", "Moran's I", "Metrics", "Train FLAG", "Export"}
+WIDGETS = {"Predict expression", "Gene maps", "Moran's I", "Metrics", "Regions", "Train FLAG", "Export"}
 
 
 def test_root_and_package_manifests_are_identical():

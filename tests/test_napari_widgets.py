@@ -534,7 +534,8 @@ def _two_halves_geojson(adata, path):
     import json
 
     xy = adata.obsm["spatial"]
-    mid = float(np.median(xy[:, 0]))
+    xs = np.unique(np.round(xy[:, 0]))
+    mid = float(xs[len(xs) // 2] - 37.5)  # between two lattice columns: no centre on the shared edge
     lo, hi = xy.min(0) - 60, xy.max(0) + 60
 
     def feature(name, x0, x1):
@@ -587,9 +588,13 @@ def test_regions_dock_matches_the_cli_and_shows_table_and_volcano(make_napari_vi
     # exported for QuPath: the regions with their measurements
     w._export_geojson(path=str(tmp_path / "out.geojson"))
     assert [r.name for r in read_regions(tmp_path / "out.geojson")] == ["Left", "Right"]
-    qtbot.wait(300)
+    win = viewer.window._qt_window
+    win.setGeometry(win.screen().availableGeometry())  # the whole of pytest-xvfb's 1920 x 1080 screen
+    qtbot.wait(400)
+    assert (win.screen().availableGeometry().width(), win.screen().availableGeometry().height()) == (1920, 1080)
     shot = np.asarray(viewer.screenshot(path=str(tmp_path / "regions.png"), canvas_only=False, flash=False))
-    assert shot.shape[1] >= 1200 and shot.shape[0] >= 700  # the 1920 x 1080 window, not a thumbnail
+    assert shot.shape[1] >= 1800 and shot.shape[0] >= 950, shot.shape  # the whole window, not a thumbnail
+    assert w.volcano.isVisible() and w.de_table.isVisible()
     canvas = np.asarray(viewer.screenshot(canvas_only=True, flash=False))[..., :3].astype(int)
     outline = (canvas[..., 0] > 200) & (canvas[..., 1] > 180) & (canvas[..., 2] < 80)  # the yellow regions
     assert outline.sum() > 200

@@ -126,8 +126,9 @@ def region_stats(adata, regions, *, n_draws: int = DEFAULT_DRAWS, seed: int = 0,
     inside = spots_in_regions(regs, adata.obsm["spatial"], _slide_bounds(adata), source)
     spots = np.flatnonzero(inside.any(axis=0))
     t0 = time.perf_counter()
+    sampled: dict = {}
     draws = posterior_draws(adata, spots, n_draws, seed, sample=sample, checkpoint=checkpoint,
-                            temperature=temperature, progress=progress)
+                            temperature=temperature, progress=progress, stats=sampled)
     pos = np.full(adata.n_obs, -1)
     pos[spots] = np.arange(len(spots))
     averages = np.stack([draws[:, pos[np.flatnonzero(row)]].mean(axis=1) for row in inside])
@@ -138,7 +139,8 @@ def region_stats(adata, regions, *, n_draws: int = DEFAULT_DRAWS, seed: int = 0,
         measured = np.stack([np.nanmean(truth[row], axis=0) if np.isfinite(truth[row]).any() else
                              np.full(truth.shape[1], np.nan) for row in inside])
     info = {"n_draws": int(n_draws), "seed": int(seed), "temperature": float(temperature),
-            "credible": CREDIBLE, "sampled_spots": len(spots), "seconds": time.perf_counter() - t0}
+            "credible": CREDIBLE, "region_spots": len(spots), "sampled_spots": sampled["sampled_spots"],
+            "seconds": time.perf_counter() - t0}
     return RegionResult(names, [str(g) for g in adata.var_names], inside, averages, X.mean(axis=0),
                         X.std(axis=0), measured, regs, info, tuple(compare) if compare else None)
 

@@ -85,8 +85,8 @@ def _features(full, need: np.ndarray, encoder, cache):
 
 def posterior_draws(adata, spots: np.ndarray, n_draws: int = DEFAULT_DRAWS, seed: int = 0, *,
                     sample=None, checkpoint: str | Path | None = None, temperature: float = POSTERIOR_TEMPERATURE,
-                    device="cpu", feature_cache=True,
-                    progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                    device="cpu", feature_cache=True, progress: Callable[[int, int], None] | None = None,
+                    stats: dict | None = None) -> np.ndarray:
     """``float32 (n_draws, len(spots), genes)`` joint samples of the spots ``spots`` (indices into
     ``adata``), on the prediction's target scale.
 
@@ -95,6 +95,7 @@ def posterior_draws(adata, spots: np.ndarray, n_draws: int = DEFAULT_DRAWS, seed
     sample an independent draw of the model (no blend, no shared first call)
     at ``temperature``.  ``checkpoint``/``sample`` override what the
     prediction records (the model file; the slide, e.g. one already open).
+    ``stats`` (a dict) receives ``sampled_spots``: the spots and their halo.
     """
     from ..checkpoint import load_model
     from ..data.panel import GenePanel
@@ -110,7 +111,7 @@ def posterior_draws(adata, spots: np.ndarray, n_draws: int = DEFAULT_DRAWS, seed
     rec = PredictionRecord.from_uns(adata.uns.get("flag"))
     path = _resolve_checkpoint(checkpoint or rec.checkpoint or None)
     model, meta = load_model(path, device)
-    if not hasattr(model, "cfg") or getattr(model.cfg, "mode", "diffusion") != "diffusion":
+    if not hasattr(model, "cfg") or model.cfg.network.mode != "diffusion":
         raise FlagInputError(f"{path}: a {rec.method or 'non-generative'} model draws no posterior samples")
     if list(meta.genes) != [str(g) for g in adata.var_names]:
         raise FlagInputError(f"{path}: its genes are not the prediction's; pass the checkpoint that made it")
@@ -118,6 +119,8 @@ def posterior_draws(adata, spots: np.ndarray, n_draws: int = DEFAULT_DRAWS, seed
     full = _slide_sample(adata, rec, sample)
     spots = np.asarray(spots, dtype=np.int64)
     need = halo_spots(full.coords, spots, HALO_PITCHES * _pitch_px(full.coords))
+    if stats is not None:
+        stats["sampled_spots"] = len(need)
     encoder = encoder_for_checkpoint(meta, device)
     feats = _features(full, need, encoder, feature_cache)
     slide = prepare_slide(replace(full, adata=full.adata[need].copy()), encoder, meta.get("graph"), panel, feats=feats)

@@ -108,7 +108,8 @@ def spots_in_regions(regions: list[Region], coords: np.ndarray, bounds: tuple[fl
     from shapely.geometry import box
 
     xy = np.asarray(coords, dtype=np.float64).reshape(-1, 2)
-    inside = np.array([shapely.contains_xy(r.geometry, xy[:, 0], xy[:, 1]) for r in regions]).reshape(len(regions), -1)
+    # a centre on the outline counts as inside (intersects, not contains): spots on a shared edge are in both
+    inside = np.array([shapely.intersects_xy(r.geometry, xy[:, 0], xy[:, 1]) for r in regions]).reshape(len(regions), -1)
     if len(regions) and not inside.any():
         lo, hi = xy.min(0), xy.max(0)
         b = np.array([r.geometry.bounds for r in regions])

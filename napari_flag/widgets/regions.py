@@ -60,10 +60,11 @@ def _regions_job(adata, regions, draws: int, seed: int):
     yield Done("regions", result)
 
 
-def regions_layer_kwargs(pixel_size_um: float | None, name: str = "regions") -> dict:
-    """How a regions Shapes layer looks: named shapes, their names as text, outlines only."""
+def regions_layer_kwargs(pixel_size_um: float | None, name: str = "regions", extent_px: float = 2000.0) -> dict:
+    """How a regions Shapes layer looks: named shapes, their names as text, outlines only (as wide as
+    0.3% of the slide's ``extent_px``: napari draws edges in data units)."""
     return dict(name=name, scale=L.world_scale(pixel_size_um), units=L.world_units(pixel_size_um),
-                shape_type="polygon", edge_width=6,
+                shape_type="polygon", edge_width=max(2.0, extent_px * 0.003),
                 edge_color="#ffd400", face_color="transparent", features={"name": np.array([], dtype=object)},
                 text={"string": "{name}", "size": 11, "color": "#ffd400", "anchor": "upper_left"})
 
@@ -197,9 +198,14 @@ class RegionsWidget(FlagWidget):
         ad = self.session.prediction
         return PredictionRecord.from_uns(ad.uns.get("flag")).pixel_size_um if ad is not None else None
 
+    def _layer_kwargs(self, name: str) -> dict:
+        ad = self.session.prediction
+        extent = float(np.ptp(np.asarray(ad.obsm["spatial"]), axis=0).max()) if ad is not None and ad.n_obs else 2000.0
+        return regions_layer_kwargs(self._pixel_size(), name, extent)
+
     @report_errors
     def _new_layer(self, *_) -> None:
-        lyr = self.viewer.add_shapes(**regions_layer_kwargs(self._pixel_size()))
+        lyr = self.viewer.add_shapes(**self._layer_kwargs("regions"))
         lyr.feature_defaults = {"name": ""}
         lyr.mode = "add_polygon"
         self._refresh_layers()
@@ -222,7 +228,7 @@ class RegionsWidget(FlagWidget):
                     xy = np.asarray(g.exterior.coords)[:-1]
                     data.append(xy[:, ::-1])  # (x, y) -> napari (row, col)
                     names.append(r.name)
-        kw = regions_layer_kwargs(self._pixel_size(), name)
+        kw = self._layer_kwargs(name)
         kw["features"] = {"name": np.asarray(names, dtype=object)}
         lyr = self.viewer.add_shapes(data, **kw)
         lyr.feature_defaults = {"name": ""}
