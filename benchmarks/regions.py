@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -133,8 +134,7 @@ def timing(ckpt: Path | None, n_spots: int, draws: int) -> dict:
     from napari_flag.data import load_sample
 
     s = load_sample("her2st:C2")
-    img_only = s.__class__(s.sample_id, s.adata[:0].copy(), s.spot_diameter_px, s.pixel_size_um, s.image,
-                           s.grid, s.source, {})
+    img_only = replace(s, adata=s.adata[:0].copy(), metadata={})  # the image alone: a routine H&E
     adata = nf.predict(img_only, checkpoint=ckpt, device="cpu", spacing_um=50.0)
     xy = adata.obsm["spatial"]
     order = np.argsort(np.hypot(*(xy - np.median(xy, 0)).T))[:n_spots]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Sequence
 
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, check_output
 from .errors import FlagCancelled, FlagInputError, with_remedy
 from .metrics import format_table, jsonable, summarize
 from .record import PredictionRecord
@@ -226,10 +226,7 @@ def _write_profile(path, adata, clock, t0: dict, overwrite: bool) -> None:
            "total": {"wall_s": t1["wall"] - t0["wall"], "user_s": t1["user"] - t0["user"],
                      "sys_s": t1["sys"] - t0["sys"], "minflt": t1["minflt"] - t0["minflt"],
                      "peak_rss_mb": peak_rss_mb()}}
-    target = Path(path).expanduser()
-    if target.exists() and not overwrite:
-        raise FlagInputError(f"{target}: already exists (use --overwrite to replace it)")
-    atomic_write_text(target, json.dumps(jsonable(doc), indent=1))
+    atomic_write_text(check_output(path, overwrite), json.dumps(jsonable(doc), indent=1))
 
 
 def _cmd_predict(args) -> int:
@@ -244,11 +241,7 @@ def _cmd_predict(args) -> int:
         out = Path(args.out).expanduser()
         if out.suffix != ".h5ad":
             raise FlagInputError(f"{out}: output must end in .h5ad")
-        if out.exists() and not args.overwrite:
-            raise FlagInputError(f"{out}: already exists (use --overwrite to replace it)")
-        if not out.parent.is_dir():
-            raise FlagInputError(f"{out.parent}: output folder does not exist")
-        _predict_one(slides[0], out, args, args.device)
+        _predict_one(slides[0], check_output(out, args.overwrite), args, args.device)
         return 0
     return _predict_cohort(slides, args, resolve_device)
 
@@ -313,13 +306,8 @@ def _cmd_evaluate(args) -> int:
     truths = args.truth or []
     if truths and len(truths) not in (1, len(args.pred)) or (len(truths) == 1 and len(args.pred) > 1):
         raise FlagInputError(f"--truth: give one truth file per prediction ({len(args.pred)}), got {len(truths)}")
-    out = None
-    if args.json:  # checked before the work, so a refusal costs nothing
-        out = Path(args.json).expanduser()
-        if out.exists() and not args.overwrite:
-            raise FlagInputError(f"{out}: already exists (use --overwrite to replace it)")
-        if not out.parent.is_dir():
-            raise FlagInputError(f"{out.parent}: output folder does not exist")
+    # checked before the work, so a refusal costs nothing
+    out = check_output(args.json, args.overwrite) if args.json else None
     per, slides = {}, {}
     for name, (i, p) in zip(_row_names(args.pred), enumerate(args.pred)):
         sid, m, note = _evaluate_one(p, truths[i] if truths else None, args.grid, args.layer, args.truth_scale)
@@ -366,7 +354,6 @@ def _add_regions_parser(sub) -> None:
 
 
 def _cmd_regions(args) -> int:
-    from ._io import check_output
     from .roi import DEFAULT_DRAWS, region_stats, write_geojson, write_table
     from .truth import read_h5ad
 

@@ -313,3 +313,31 @@ def test_joint_denoising_trains_validates_and_predicts(prepared, tmp_path):
     assert model.is_joint and model.cfg.network.joint
     out = predict_sample("her2st:C2", checkpoint=res.last_path, device="cpu", feature_cache=str(FEATURE_DIR))
     assert out.n_obs > 100 and np.isfinite(out.X).all() and np.isfinite(out.layers["std"]).all()
+
+
+def test_stain_augmentation_prepares_restained_copies_and_trains(tmp_path):
+    """augment_views: each training slide gets that many re-stained copies (features and graph of
+    their own, drawn the same way again), validation slides none; the loop trains on them."""
+    from napari_flag.features.stain import StainJitter, draw_jitters, restain
+
+    cfg = tiny_config(tmp_path, train=["her2st:C3"], augment_views=2, augment_range={"blur": 0.0, "jpeg": 0},
+                      steps=4, val_every=0)
+    data = prepare_data(cfg)
+    sl = data.train[0]
+    assert len(sl.views) == 2 and data.val[0].views is None
+    for feats, graph in sl.views:
+        assert feats.shape == sl.feats.shape and graph.num_nodes == sl.n_spots
+        assert not np.allclose(feats.numpy(), sl.feats.numpy())  # another stain, other features
+    again = prepare_data(cfg)  # the same draws, read back from the feature cache
+    np.testing.assert_array_equal(again.train[0].views[1][0].numpy(), sl.views[1][0].numpy())
+    rec = Recorder()
+    res = train(cfg, data=data, callbacks=rec)
+    assert res.status == "finished" and rec.steps == [1, 2, 3, 4]
+    # the re-staining itself: identity at scale 1, white stays white, and the draws stay in range
+    px = np.random.default_rng(0).integers(40, 255, (2, 8, 8, 3)).astype(np.uint8)
+    assert restain(px, 1.0, 1.0) is px and (restain(np.full((1, 2, 2, 3), 255, np.uint8), 0.6, 1.4) == 255).all()
+    js = draw_jitters(16, seed=1)
+    assert js == draw_jitters(16, seed=1) and all(1 / 1.4 - 1e-3 <= j.h <= 1.4 + 1e-3 for j in js)
+    assert StainJitter(h=0.7).key != StainJitter(h=0.8).key
+    with pytest.raises(FlagInputError, match="augment_range: unknown key"):
+        tiny_config(tmp_path, augment_views=2, augment_range={"stian": 0.2})

@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import io
 from dataclasses import asdict, dataclass
+from functools import cache
 
 import numpy as np
 
 __all__ = ["JitterRanges", "StainJitter", "draw_jitters", "restain"]
 
 
+@cache  # called for every batch the reader thread re-stains
 def _matrices() -> tuple[np.ndarray, np.ndarray]:
     from skimage.color import hed_from_rgb, rgb_from_hed
 

@@ -39,16 +39,6 @@ def halo_spots(coords: np.ndarray, spots: np.ndarray, reach: float) -> np.ndarra
     return np.concatenate([np.asarray(spots, dtype=np.int64), extra.astype(np.int64)])
 
 
-def _pitch_px(coords: np.ndarray) -> float:
-    from scipy.spatial import cKDTree
-
-    xy = np.asarray(coords, dtype=np.float64)
-    if len(xy) < 2:
-        return 1.0
-    d, _ = cKDTree(xy).query(xy, k=2)
-    return float(np.median(d[:, 1])) or 1.0
-
-
 def _slide_sample(adata, rec, sample=None):
     """A :class:`~napari_flag.data.Sample` with the prediction's spots on the recorded slide's image."""
     import anndata as ad
@@ -98,6 +88,7 @@ def posterior_draws(adata, spots: np.ndarray, n_draws: int = DEFAULT_DRAWS, seed
     ``stats`` (a dict) receives ``sampled_spots``: the spots and their halo.
     """
     from ..checkpoint import load_model
+    from ..data._util import nn_distance_px
     from ..data.panel import GenePanel
     from ..inference import (
         _resolve_checkpoint,
@@ -118,7 +109,7 @@ def posterior_draws(adata, spots: np.ndarray, n_draws: int = DEFAULT_DRAWS, seed
     panel = GenePanel.from_checkpoint(meta)
     full = _slide_sample(adata, rec, sample)
     spots = np.asarray(spots, dtype=np.int64)
-    need = halo_spots(full.coords, spots, HALO_PITCHES * _pitch_px(full.coords))
+    need = halo_spots(full.coords, spots, HALO_PITCHES * (nn_distance_px(full.coords) or 1.0))
     if stats is not None:
         stats["sampled_spots"] = len(need)
     encoder = encoder_for_checkpoint(meta, device)

@@ -82,6 +82,7 @@ def _stain_views(sample, encoder, cfg, graph: dict, progress: StageProgress | No
     from ..inference import spot_coords_um
 
     seed = int.from_bytes(f"{cfg.seed}:{sample.sample_id}".encode(), "little") % (2**32)
+    coords_um = spot_coords_um(sample)
     views = []
     for k, jit in enumerate(draw_jitters(cfg.augment_views, seed, cfg.jitter_ranges())):
         def cb(done, total, _k=k):
@@ -91,7 +92,7 @@ def _stain_views(sample, encoder, cfg, graph: dict, progress: StageProgress | No
         f = np.ascontiguousarray(compute_features(sample, encoder, batch_size=cfg.feature_batch,
                                                   cache=cfg.feature_cache, progress=cb, augment=jit),
                                  dtype=np.float32)
-        g = build_spatial_graph(spot_coords_um(sample), f, k=int(graph["k"]), radius_um=graph["radius_um"])
+        g = build_spatial_graph(coords_um, f, k=int(graph["k"]), radius_um=graph["radius_um"])
         views.append((torch.from_numpy(f), g))
     return views
 
