@@ -29,7 +29,7 @@ def load_sample(source, sample_id: str | None = None, pixel_size_um: float | Non
 def predict(sample, checkpoint: str | Path | None = None, *, steps: int | None = None,
             samples: int | None = None, device: str = "auto", seed: int = 0, spacing_um: float | None = None,
             pixel_size_um: float | None = None, tissue=None, feature_cache: bool | str | Path = True,
-            progress: bool = False, **kw) -> Any:
+            stain_norm: bool | None = None, progress: bool = False, **kw) -> Any:
     """Predict every spot of ``sample`` (anything :func:`load_sample` takes, or a ``Sample``) as AnnData.
 
     ``X`` is the predicted mean, ``layers["std"]`` the spread over samples,
@@ -38,7 +38,9 @@ def predict(sample, checkpoint: str | Path | None = None, *, steps: int | None =
     scanpy, so ``sc.pl.spatial(adata, color=...)`` works as is.  A slide
     without spots gets virtual spots over its tissue (``tissue``: a mask file
     or QuPath GeoJSON instead of the detected tissue).  ``checkpoint=None`` is
-    the bundled model.  ``progress=True`` shows a bar per stage.  Warnings
+    the bundled model.  ``stain_norm`` maps the slide's H&E onto the model's
+    training stains first (``None``: as the model records; the bundled model
+    does).  ``progress=True`` shows a bar per stage.  Warnings
     about a model that does not fit the slide are issued as ``RuntimeWarning``.
     """
     from .inference import predict_sample
@@ -47,7 +49,7 @@ def predict(sample, checkpoint: str | Path | None = None, *, steps: int | None =
     try:
         return predict_sample(sample, checkpoint=checkpoint, steps=steps, samples=samples, device=device, seed=seed,
                               spacing_um=spacing_um, pixel_size_um=pixel_size_um, tissue=tissue,
-                              feature_cache=feature_cache, progress=bar, **kw)
+                              feature_cache=feature_cache, stain_norm=stain_norm, progress=bar, **kw)
     finally:
         if bar is not None:
             bar.close()

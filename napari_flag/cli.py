@@ -34,6 +34,7 @@ CLI_REMEDIES = {
     "spacing_um": "pass --spacing-um",
     "overwrite": "use --overwrite to replace it",
     "truth": "pass --truth TRUTH.h5ad",
+    "stain_norm": "pass --no-stain-norm",
 }
 
 
@@ -189,7 +190,7 @@ def _predict_one(source, out: Path, args, device) -> Path:
             source, checkpoint=args.checkpoint, steps=args.steps, samples=args.samples, device=device,
             seed=args.seed, progress=lambda ev: bars(ev.done, ev.total, ev.stage), notice=_warn,
             feature_cache=not args.no_cache, spacing_um=args.spacing_um, pixel_size_um=args.pixel_size_um,
-            tissue=args.tissue, tiles=not args.no_tiles,
+            tissue=args.tissue, tiles=not args.no_tiles, stain_norm=args.stain_norm,
         )
     finally:
         bars.close()
@@ -467,14 +468,8 @@ def _cmd_demo(args) -> int:
 
 
 # ----------------------------------------------------------------------------- entry points
-def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
-    parser = _Parser(prog=PROG, description="Predict spatial gene expression from H&E slides with FLAG.")
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    sub.required = True
-
+def _add_predict_parser(sub) -> None:
+    """``napari-flag predict``'s arguments."""
     p = sub.add_parser("predict", help="predict every spot of a slide (or a cohort) into .h5ad files",
                        description="Predict the expression of every spot of SAMPLE and write OUT.h5ad "
                                    "(X = mean, layers std/sample/truth, obsm spatial, uns flag and spatial). "
@@ -502,6 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="predict the virtual spots of a whole slide at once instead of region by region "
                         "(tiles of ~2,300 spots, the first ones ~580, with a halo of neighbours; the same predictions, "
                         "memory of a tile)")
+    p.add_argument("--stain-norm", action=argparse.BooleanOptionalAction, default=None,
+                   help="map the slide's haematoxylin and eosin onto the model's training stains (Macenko, "
+                        "estimated once per slide) before encoding; default: as the model records "
+                        "(on for the bundled model)")
     p.add_argument("--checkpoint", default=None, help="trained model (.pt); default: the bundled model")
     p.add_argument("--steps", type=_positive_int, default=None, help="sampler steps, >= 1 (default: the model's)")
     p.add_argument("--samples", type=_positive_int, default=None,
@@ -515,6 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write where the time went (wall and CPU seconds and page faults per phase: "
                         "tissue, features with reading and encoding, graph, sampling, writing) as JSON")
     p.set_defaults(func=_cmd_predict)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = _Parser(prog=PROG, description="Predict spatial gene expression from H&E slides with FLAG.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    _add_predict_parser(sub)
 
     p = sub.add_parser("evaluate", help="metrics of predictions against the truth",
                        description="Metrics (PCC, MSE, GSC, SSC, ...) of one or more prediction files, "

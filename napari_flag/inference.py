@@ -192,6 +192,41 @@ def encoder_for_checkpoint(meta: dict, device="cpu"):
     return enc
 
 
+def slide_encoder(meta: dict, sample, device="cpu", stain_norm: bool | None = None, slide_stains=None):
+    """The checkpoint's encoder for one slide: its patches normalised to the training stains when asked.
+
+    ``stain_norm``: ``None`` follows the checkpoint (``meta["stain"]["normalise"]``),
+    ``True``/``False`` turn Macenko normalisation to the recorded reference on
+    or off (:mod:`napari_flag.features.stain_norm`).  ``slide_stains``: the
+    slide's stains when known (a prediction's record), else estimated.
+    """
+    from .features.stain_norm import normalised_encoder
+
+    enc = encoder_for_checkpoint(meta, device)
+    ref = meta.get("stain") or None
+    if stain_norm is None:
+        stain_norm = bool(ref and ref.get("normalise", True))
+    if not stain_norm:
+        return enc
+    if not ref:
+        raise FlagInputError(f"{meta.get('path')}: the model records no stain reference (trained before stain "
+                             "normalisation existed); it cannot normalise stains", setting="stain_norm")
+    return normalised_encoder(enc, sample, ref, source=slide_stains)
+
+
+def stain_record(encoder) -> dict | None:
+    """What a prediction records of its stain normalisation: the reference and the slide's estimate."""
+    norm = getattr(getattr(encoder, "augment", None), "reference", None)
+    if norm is None:
+        return None
+    out = {"method": "macenko", "reference": norm.to_dict()}
+    est = encoder.augment.estimated
+    if est is not None:
+        out["slide"] = est.to_dict()
+        out["estimate_s"] = round(float(encoder.augment.estimate_s), 3)
+    return out
+
+
 # ----------------------------------------------------------------------------- slide
 def spot_coords_um(sample) -> np.ndarray:
     """Spot centres in microns; pixels when the pixel size is unknown (the graph's
@@ -422,6 +457,7 @@ def iter_predict(
     pixel_size_um: float | None = None,
     tissue=None,
     tiles: bool = True,
+    stain_norm: bool | None = None,
 ) -> Iterator[Progress | Notice | TileResult | Result]:
     """Yield :class:`Progress` and :class:`Notice` events, then one :class:`Result`.
 
@@ -443,6 +479,7 @@ def iter_predict(
     feature is computed the slide is checked against the model (genes,
     species, pixel size, tissue): errors raise, warnings are yielded as
     :class:`Notice` s and recorded in ``uns["flag"]["compatibility"]``.
+    ``stain_norm``: see :func:`slide_encoder` (recorded in ``uns["flag"]["stain_norm"]``).
 
     The result has ``X`` = predicted mean on the target scale (clipped at 0),
     ``layers["std"]`` (spread over samples), ``layers["sample"]`` (one sample,
@@ -461,7 +498,7 @@ def iter_predict(
     try:
         panel = GenePanel.from_checkpoint(meta)
         sample, issues = yield from _spots_stage(sample, meta, panel, spacing_um, tissue, clock)
-        encoder = encoder_for_checkpoint(meta, dev)
+        encoder = slide_encoder(meta, sample, dev, stain_norm)
         plan = _tile_plan(sample, tiles)
         slide = None
         if plan is None:
@@ -484,7 +521,7 @@ def iter_predict(
         pred, sd, smp = yield from _tiles_stage(model, sample, encoder, meta, panel, plan, run, feature_cache, clock)
         slide = SlideData(str(sample.sample_id), torch.empty(0), None, sample.coords, sample.grid)
     out = _prediction_anndata(sample, slide, panel, pred, sd, smp)
-    out.uns["flag"] = _record(ckpt_path, meta, model, run, panel, sample, slide, issues, clock).to_uns()
+    out.uns["flag"] = _record(ckpt_path, meta, model, run, panel, sample, slide, issues, clock, encoder).to_uns()
     out.uns["spatial"] = scanpy_spatial(sample)
     yield Result(out)
 
@@ -572,7 +609,7 @@ class _SamplerRun:
 
 
 def _record(ckpt_path, meta, model, run: _SamplerRun, panel: GenePanel, sample, slide, issues,
-            clock: PhaseClock) -> PredictionRecord:
+            clock: PhaseClock, encoder=None) -> PredictionRecord:
     """What the output says about its run (``uns["flag"]``)."""
     slides = _training_slides(meta)
     md = sample.metadata
@@ -584,7 +621,7 @@ def _record(ckpt_path, meta, model, run: _SamplerRun, panel: GenePanel, sample, 
         training_slides=slides, in_training_set=bool(in_training_set(sample, slides)),
         encoder=str(meta.encoder["name"]), encoder_dim=int(meta.encoder["dim"]),
         patch_um=float(meta.encoder["patch_um"]), patch_px=int(meta.encoder["patch_px"]),
-        steps=run.steps, samples=run.samples, seed=run.seed,
+        stain_norm=stain_record(encoder), steps=run.steps, samples=run.samples, seed=run.seed,
         solver=str(sampler.solver) if sampler else "", mean_rule=_mean_rule(sampler) if sampler else "",
         temperature=float(sampler.temperature) if sampler else None,
         network_calls_per_spot=network_calls(sampler) if sampler else None,

@@ -30,6 +30,7 @@ class PredictionRecord:
     encoder_dim: int = 0
     patch_um: float = 0.0
     patch_px: int = 0
+    stain_norm: dict | None = None  # reference and slide stains when the patches were normalised
     # sampler
     steps: int = 0
     samples: int = 1

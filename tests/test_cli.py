@@ -223,6 +223,30 @@ def test_cli_errors_are_one_line(run_dir, tmp_path, capsys):
     assert not Path(out).exists()
 
 
+def test_stain_norm_flags(run_dir, tmp_path, capsys):
+    """Training recorded its slides' stains, so the model normalises by default; --no-stain-norm turns
+    it off; a model without a reference asked to normalise says which flag to drop."""
+    import anndata as ad
+    import torch
+
+    from napari_flag.checkpoint import load_checkpoint
+
+    ck = run_dir / "run" / "last.pt"
+    common = ["--steps", "2", "--samples", "1", "--device", "cpu", "--quiet"]
+    assert main(["predict", "her2st:C3", "--out", str(tmp_path / "on.h5ad"), "--checkpoint", str(ck), *common]) == 0
+    assert main(["predict", "her2st:C3", "--out", str(tmp_path / "off.h5ad"), "--checkpoint", str(ck),
+                 "--no-stain-norm", *common]) == 0
+    assert "stain_norm" in ad.read_h5ad(tmp_path / "on.h5ad").uns["flag"]
+    assert "stain_norm" not in ad.read_h5ad(tmp_path / "off.h5ad").uns["flag"]
+    old = load_checkpoint(ck)
+    old.pop("stain")
+    torch.save(old, tmp_path / "old.pt")
+    out = tmp_path / "o.h5ad"
+    _fails(capsys, ["predict", "her2st:C3", "--out", str(out), "--checkpoint", str(tmp_path / "old.pt"),
+                    "--stain-norm", *common], "old.pt", "records no stain reference", "pass --no-stain-norm")
+    assert not out.exists()
+
+
 def test_cli_error_in_a_fresh_process(tmp_path):
     env = dict(os.environ, NAPARI_FLAG_OFFLINE="1")
     proc = subprocess.run(

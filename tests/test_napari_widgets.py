@@ -166,6 +166,8 @@ def test_predict_real_section_adds_layers(make_napari_viewer, qtbot, tiny_ckpt):
     w.form.device.value = "cpu"
     w.form.steps.value = 2
     w.form.samples.value = 2
+    assert w.form.stain_norm.value == "as the model says"
+    w.form.stain_norm.value = "off"  # reaches the library: nothing normalised, nothing recorded
     progress = []
     w.progress.connect(lambda d, t, m: progress.append((d, t, m)))
     ticks = []
@@ -190,6 +192,7 @@ def test_predict_real_section_adds_layers(make_napari_viewer, qtbot, tiny_ckpt):
     gene = pred.metadata["gene"]
     ad = pred.metadata[L.PREDICTION]
     assert ad.n_vars == N_GENES and gene in ad.var_names
+    assert "stain_norm" not in ad.uns["flag"]
     np.testing.assert_allclose(pred.features["value"], L.gene_values(ad, gene, "pred"))
     np.testing.assert_allclose(pred.data, viewer.layers["C2 spots"].data)
 

@@ -188,6 +188,9 @@ def test_train_end_to_end(full_run, prepared):
     assert ck["encoder"]["name"] == "efficientnet_lite0" and ck["encoder"]["patch_px"] > 0
     assert ck["version"] and ck["optimizer"] is not None and ck["rng"]["torch"].dtype == torch.uint8
     assert ck["train_config"]["steps"] == 6
+    # the training slides' pooled stains, for stain normalisation at prediction
+    assert ck["stain"]["normalise"] is True and ck["stain"]["method"] == "macenko"
+    assert ck["stain"] == {**prepared.stain} and len(ck["stain"]["h"]) == 3
     load_checkpoint(res.best_path)
     model, meta = load_model(res.last_path, "cpu")
     assert meta.genes == prepared.genes and model.n_genes == 30

@@ -92,9 +92,9 @@ def posterior_draws(adata, spots: np.ndarray, n_draws: int = DEFAULT_DRAWS, seed
     from ..data.panel import GenePanel
     from ..inference import (
         _resolve_checkpoint,
-        encoder_for_checkpoint,
         predict_arrays,
         prepare_slide,
+        slide_encoder,
     )
     from ..record import PredictionRecord
     from ..streaming import HALO_PITCHES
@@ -112,7 +112,8 @@ def posterior_draws(adata, spots: np.ndarray, n_draws: int = DEFAULT_DRAWS, seed
     need = halo_spots(full.coords, spots, HALO_PITCHES * (nn_distance_px(full.coords) or 1.0))
     if stats is not None:
         stats["sampled_spots"] = len(need)
-    encoder = encoder_for_checkpoint(meta, device)
+    norm = rec.stain_norm or {}  # the prediction's own patches: normalised as they were, or not
+    encoder = slide_encoder(meta, full, device, stain_norm=bool(norm), slide_stains=norm.get("slide"))
     feats = _features(full, need, encoder, feature_cache)
     slide = prepare_slide(replace(full, adata=full.adata[need].copy()), encoder, meta.get("graph"), panel, feats=feats)
     _, _, draws = predict_arrays(model, slide, panel, samples=int(n_draws), seed=seed, return_samples=True,

@@ -48,6 +48,10 @@ class TrainConfig:
     # fields (stain, brightness, contrast, blur, jpeg) overriding its defaults.
     augment_views: int = 0
     augment_range: dict = field(default_factory=dict)
+    # stain normalisation: the training slides' stains (Macenko, pooled) are recorded in the
+    # checkpoint, and predictions map each slide onto them before encoding; False records none.
+    # Training features are the slides as scanned (the reference is their own stains).
+    stain_norm: bool = True
 
     # --- model -------------------------------------------------------------
     method: str = "flag"
@@ -102,6 +106,7 @@ class TrainConfig:
             setattr(self, name, float(getattr(self, name)))
         if self.epochs is not None:
             self.epochs = int(self.epochs)
+        self.stain_norm = bool(self.stain_norm)
         self.augment_range = dict(self.augment_range or {})
         if self.augment_views < 0:
             raise FlagInputError(f"augment_views must be >= 0, got {self.augment_views}")

@@ -37,6 +37,7 @@ class PreparedData:
     prior_mask: torch.Tensor | None = None
     spot_geometry: dict | None = None  # diameter, pitch, lattice of the training slides (virtual spots)
     training_slides: list[str] = field(default_factory=list)
+    stain: dict | None = None  # the training slides' stain reference (normalisation at prediction)
 
     @property
     def genes(self) -> list[str]:
@@ -165,8 +166,10 @@ def prepare_data(
         _require_genes(train_s, panel.genes)
     if encoder is None:
         encoder = make_encoder(cfg.encoder, device, cfg.encoder_kw)
+    stain = _stain_reference(train_s, encoder) if cfg.stain_norm else None
     train = [_prepare(s, encoder, cfg, panel, progress, augment=True) for s in train_s]
-    val = [_prepare(s, encoder, cfg, panel, progress) for s in val_s]
+    # validation slides are seen as predictions will see them: normalised to the training stains
+    val = [_prepare(s, _normalised(encoder, s, stain), cfg, panel, progress) for s in val_s]
     prior, mask = _gene_prior(cfg, list(panel.genes))
     return PreparedData(
         train=train,
@@ -179,4 +182,19 @@ def prepare_data(
         prior_mask=mask,
         spot_geometry=(g.to_dict() if (g := training_geometry(train_s)) is not None else None),
         training_slides=[str(s.sample_id) for s in train_s],
+        stain=stain,
     )
+
+
+def _normalised(encoder, sample, stain: dict | None):
+    """``encoder`` seeing ``sample`` normalised to the reference ``stain`` (unchanged without one)."""
+    from ..features.stain_norm import normalised_encoder
+
+    return encoder if stain is None else normalised_encoder(encoder, sample, stain)
+
+
+def _stain_reference(samples, encoder) -> dict:
+    """The pooled Macenko stains of the training slides, as the checkpoint records them."""
+    from ..features.stain_norm import reference_from_samples
+
+    return {**reference_from_samples(samples, encoder).to_dict(), "normalise": True}

@@ -360,7 +360,7 @@ class _Run:
         self.common = dict(
             method=self.cfg.method, genes=list(p.genes), mean=p.mean, std=p.std, transform=p.transform,
             encoder=data.encoder, train_config=self.cfg.to_dict(), graph=data.graph, feat_dim=data.feat_dim,
-            spot_geometry=data.spot_geometry, training_slides=list(data.training_slides),
+            spot_geometry=data.spot_geometry, training_slides=list(data.training_slides), stain=data.stain,
         )
         return data
 

@@ -23,6 +23,7 @@ WIDGET_REMEDIES = {
     "spacing_um": "use a checkpoint that records its spot geometry",
     "overwrite": "choose another file name, or confirm replacing it",
     "truth": "open a slide with measured spots to compare with",
+    "stain_norm": "set stain normalisation to off in Predict expression",
 }
 
 

@@ -44,6 +44,8 @@ from .session import get_session
 from .tissue import detect_into_layer, edited_mask
 
 DEVICES = ("auto", "cpu", "cuda")
+#: the stain normalisation control's choices and what iter_predict gets for each
+STAIN_NORM = {"as the model says": None, "on": True, "off": False}
 
 
 def _default_checkpoint() -> str:
@@ -63,12 +65,13 @@ class SlideEvent:
     event: Progress | Notice | Result
 
 
-def _predict_jobs(jobs, checkpoint, steps, samples, device):
+def _predict_jobs(jobs, checkpoint, steps, samples, device, stain_norm=None):
     """Worker body: every slide in turn, through the one inference path."""
     n = len(jobs)
     for i, (meta, sample, source, tissue) in enumerate(jobs):
         for ev in iter_predict(sample if sample is not None else source, checkpoint=checkpoint or None,
-                               steps=steps or None, samples=samples or None, device=device, tissue=tissue):
+                               steps=steps or None, samples=samples or None, device=device, tissue=tissue,
+                               stain_norm=stain_norm):
             yield SlideEvent(i, n, meta, ev)
 
 
@@ -124,6 +127,11 @@ class PredictWidget(FlagWidget):
                         tooltip="Denoising steps (0 = the checkpoint's default)"),
                 SpinBox(name="samples", label="samples / spot (0 = model's)", min=0, max=64, value=0,
                         tooltip="Samples averaged per spot; their spread is the uncertainty (0 = default)"),
+                ComboBox(name="stain_norm", label="stain normalisation", choices=list(STAIN_NORM),
+                         value="as the model says",
+                         tooltip="Map the slide's haematoxylin and eosin onto the stains the model was trained on "
+                                 "(Macenko, estimated once per slide) before its patches are encoded; the bundled "
+                                 "model does this by default"),
             ],
             labels=True,
         )
@@ -225,7 +233,7 @@ class PredictWidget(FlagWidget):
         show_scale_bar(self.viewer)
         self._run_job(run_worker(
             _predict_jobs, jobs, ckpt, int(self.form.steps.value), int(self.form.samples.value),
-            str(self.form.device.value), cancel=self._cancel,
+            str(self.form.device.value), STAIN_NORM[str(self.form.stain_norm.value)], cancel=self._cancel,
         ), "starting…")
 
     def cancel(self) -> None:
