@@ -86,6 +86,22 @@ def test_unstained_or_one_colour_images_are_refused_in_one_line():
         estimate_stains(one, "one.png")
 
 
+def test_a_slide_without_stain_says_to_predict_without_normalisation(c3, c3_stains):
+    from dataclasses import replace
+
+    class _White:  # a slide whose spots lie on glass
+        levels, downsamples, scale = [np.full((64, 64, 3), 250, np.uint8)], [1.0], 1.0
+
+        def read_region(self, x0, y0, size, out_px):
+            return np.full((out_px, out_px, 3), 250, np.uint8)
+
+    blank = replace(c3, image=_White())
+    enc = normalised_encoder(_Geometry(), blank, c3_stains)
+    with pytest.raises(FlagInputError, match="too little stained tissue") as exc:
+        enc.augment(np.zeros((1, 8, 8, 3), np.uint8))
+    assert exc.value.setting == "stain_norm"
+
+
 def test_normalised_encoder_estimates_once_per_slide_and_keys_the_cache(c3, c3_stains):
     enc = _Geometry()
     ref = c3_stains.to_dict()

@@ -158,7 +158,7 @@ class _LazyNormaliser:
         self.estimate_s = 0.0  # seconds the slide's estimate took (0: given, or not needed)
         base = getattr(augment, "key", None)
         # the slide's estimate follows from the slide and the reference: the reference names the cache entry
-        self.key = (f"{base}+" if base else "") + f"norm:macenko>{reference.key}"
+        self.key = (f"{base}+" if base else "") + f"norm:macenko{_PATCHES}/{_STRIDE}>{reference.key}"
 
     @property
     def estimated(self) -> StainBasis | None:
@@ -170,8 +170,11 @@ class _LazyNormaliser:
         with self._lock:
             if self._norm is None:
                 t0 = time.perf_counter()
-                src = estimate_stains(slide_pixels(self._sample, self._encoder, self._augment),
-                                      str(self._sample.source or self._sample.sample_id))
+                try:
+                    src = estimate_stains(slide_pixels(self._sample, self._encoder, self._augment),
+                                          str(self._sample.source or self._sample.sample_id))
+                except FlagInputError as exc:  # the remedy: predict without normalisation
+                    raise FlagInputError(str(exc), setting="stain_norm") from None
                 self._norm = StainNormaliser(src, self.reference)
                 self.estimate_s = time.perf_counter() - t0
             return self._norm
