@@ -67,6 +67,15 @@ def test_normalising_undoes_a_restaining(c3, c3_stains):
             assert gap < raw_gap / 4, (h, e, gap, raw_gap)
 
 
+def test_a_few_spots_give_every_pixel_of_their_patches(c3):
+    from dataclasses import replace
+
+    few = replace(c3, adata=c3.adata[:5].copy())
+    assert len(slide_pixels(few, _Geometry())) == 5 * 224 * 224
+    estimate_stains(slide_pixels(few, _Geometry()), "C3, five spots")  # enough to estimate on
+    assert len(slide_pixels(c3, _Geometry())) == 180 * 56 * 56  # a section: every 4th pixel
+
+
 def test_own_stains_change_little_and_glass_stays_white(c3, c3_stains):
     p = _patches(c3)
     same = StainNormaliser(c3_stains, c3_stains)(p)

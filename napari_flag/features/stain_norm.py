@@ -132,11 +132,12 @@ def slide_pixels(sample, encoder, augment=None, n_patches: int = _PATCHES) -> np
     if n == 0:
         raise FlagInputError(f"{sample.source or sample.sample_id}: no spots to estimate the stains on")
     idx = np.unique(np.linspace(0, n - 1, min(n, n_patches)).round().astype(np.int64))
+    stride = _STRIDE if len(idx) >= n_patches // 4 else 1  # a handful of spots: every pixel of them
     out = []
     for batch in extract_patches(sample, idx, encoder.patch_um, encoder.patch_px, batch_size=32):
         if augment is not None:
             batch = augment(batch)
-        out.append(batch[:, ::_STRIDE, ::_STRIDE].reshape(-1, 3))
+        out.append(batch[:, ::stride, ::stride].reshape(-1, 3))
     return np.concatenate(out)
 
 
