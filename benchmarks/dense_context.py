@@ -31,20 +31,6 @@ from _result import command, machine, write_json
 CELL = 32  # the encoder's output stride
 
 
-def _feature_map(net, x):
-    """EfficientNet-Lite0's head activations (before pooling), through the encoder's fused path."""
-    from napari_flag.features import efficientnet_lite as el
-
-    if not net._fused:
-        raise SystemExit("the encoder's fused oneDNN path is not available here; nothing to compare")
-    x = el._conv_relu6(net._conv_stem, x)
-    for blk in net._blocks:
-        y = el._conv_relu6(blk._expand_conv, x) if blk.expand else x
-        y = el._conv_relu6(blk._depthwise_conv, y)
-        x = el._conv_add(blk._project_conv, y, x) if blk.residual else blk._project_conv(y)
-    return el._conv_relu6(net._conv_head, x)
-
-
 def _prep(enc, img: np.ndarray):
     import torch
 
@@ -75,7 +61,7 @@ def dense_context(sample, enc, tile: int) -> np.ndarray:
         ox, oy, side = a * tile - margin, b * tile - margin, tile + 2 * margin
         img = sample.image.read_region(ox * f, oy * f, side * f, side)
         with torch.inference_mode():
-            fm = _feature_map(enc.model, _prep(enc, img))[0].float().numpy()
+            fm = enc.model.feature_map(_prep(enc, img))[0].float().numpy()
         for i in idx:
             wx = _cell_weights(u[i, 0] - ox, window, fm.shape[2])
             wy = _cell_weights(u[i, 1] - oy, window, fm.shape[1])
@@ -95,11 +81,11 @@ def timings(enc, sides: list[int], repeats: int) -> dict:
 
     def best(x) -> float:
         with torch.inference_mode():
-            _feature_map(enc.model, x)
+            enc.model.feature_map(x)
             times = []
             for _ in range(repeats):
                 t0 = time.perf_counter()
-                _feature_map(enc.model, x)
+                enc.model.feature_map(x)
                 times.append(time.perf_counter() - t0)
         return min(times)
 
@@ -139,7 +125,7 @@ def main(argv=None) -> int:
         x, y = sample.coords[i]
         img = sample.image.read_region(x - window / 2 * f, y - window / 2 * f, window * f, window)
         with torch.inference_mode():
-            v = _feature_map(enc.model, _prep(enc, img))[0].float().numpy().mean(axis=(1, 2))
+            v = enc.model.feature_map(_prep(enc, img))[0].float().numpy().mean(axis=(1, 2))
         check.append(float(_cos(v[None], per_window[i : i + 1])[0]))
     cos = _cos(dense, per_window)
     res = {

@@ -42,20 +42,19 @@ class Recolour:
     """
 
     def __init__(self, name: str, h_to=None, e_to=None):
-        from skimage.color import hed_from_rgb, rgb_from_hed
+        from skimage.color import rgb_from_hed
 
         self.key = f"recolour:{name}"
-        self._to_hed = hed_from_rgb.astype(np.float32)
         rows = rgb_from_hed.astype(np.float32).copy()
         for i, v in ((0, h_to), (1, e_to)):
             if v is not None:
                 rows[i] = np.asarray(v, np.float32) / np.linalg.norm(v)
-        self._to_rgb = rows
+        self._mix = rows
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
-        od = -np.log(np.maximum(np.asarray(patches, np.float32) / 255.0, 1e-6))
-        out = 255.0 * np.exp(-((od @ self._to_hed) @ self._to_rgb))
-        return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+        from napari_flag.features.stain import restain
+
+        return restain(patches, mix=self._mix)
 
 
 def variations() -> dict:
@@ -118,12 +117,12 @@ def score_section(ckpt: Path, section: str, grid: list[float], seed: int = 0, re
 
 def training_reference(ckpt: Path, train_sections: list[str]):
     """The stain reference of a fold: the checkpoint's own, else estimated on its training sections."""
-    from napari_flag.checkpoint import load_model
+    from napari_flag.checkpoint import load_checkpoint
     from napari_flag.data import load_sample
     from napari_flag.features.stain_norm import StainBasis, reference_from_samples
     from napari_flag.inference import encoder_for_checkpoint
 
-    _, meta = load_model(ckpt, "cpu")
+    meta = load_checkpoint(ckpt)
     if meta.get("stain"):
         return StainBasis.from_dict(meta["stain"])
     samples = [load_sample(f"her2st:{s}") for s in train_sections]

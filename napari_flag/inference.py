@@ -215,16 +215,9 @@ def slide_encoder(meta: dict, sample, device="cpu", stain_norm: bool | None = No
 
 
 def stain_record(encoder) -> dict | None:
-    """What a prediction records of its stain normalisation: the reference and the slide's estimate."""
-    norm = getattr(getattr(encoder, "augment", None), "reference", None)
-    if norm is None:
-        return None
-    out = {"method": "macenko", "reference": norm.to_dict()}
-    est = encoder.augment.estimated
-    if est is not None:
-        out["slide"] = est.to_dict()
-        out["estimate_s"] = round(float(encoder.augment.estimate_s), 3)
-    return out
+    """What a prediction records of its stain normalisation (``None``: the patches were not normalised)."""
+    record = getattr(getattr(encoder, "augment", None), "record", None)
+    return record() if record is not None else None
 
 
 # ----------------------------------------------------------------------------- slide

@@ -20,7 +20,7 @@ from napari_flag._io import atomic_path
 from napari_flag.checkpoint import load_checkpoint
 from napari_flag.data import load_sample
 from napari_flag.errors import FlagInputError
-from napari_flag.features.stain_norm import reference_from_samples
+from napari_flag.features.stain_norm import checkpoint_reference
 
 
 def main(argv=None) -> int:
@@ -41,11 +41,11 @@ def main(argv=None) -> int:
         if not samples or slides != sorted(str(s) for s in ckpt.get("training_slides") or []):
             raise FlagInputError(f"{path}: pass its training slides ({', '.join(ckpt.get('training_slides') or [])}"
                                  f"); got {', '.join(slides) or 'none'}")
-        ref = reference_from_samples(samples, encoder_for_checkpoint({**ckpt, "path": path}, "cpu"))
+        stain = checkpoint_reference(samples, encoder_for_checkpoint({**ckpt, "path": path}, "cpu"), on)
     except (ValueError, FlagInputError) as exc:
         print(exc, file=sys.stderr)
         return 2
-    ckpt["stain"] = {**ref.to_dict(), "normalise": on}
+    ckpt["stain"] = stain
     with atomic_path(path) as tmp:
         torch.save(ckpt, tmp)
     back = load_checkpoint(path)["stain"]  # loads back

@@ -117,13 +117,16 @@ class EfficientNetLite0(nn.Module):
         return self
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.feature_map(x).mean(dim=(2, 3))
+
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """The head's activations before pooling: ``(N, 1280, H/32, W/32)``."""
         if self._fused:
-            return _fused_features(self, x)
+            return _fused_feature_map(self, x)
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for blk in self._blocks:
             x = blk(x)
-        x = F.relu6(self._bn1(self._conv_head(x)))
-        return x.mean(dim=(2, 3))
+        return F.relu6(self._bn1(self._conv_head(x)))
 
     _fused = False
 
@@ -183,14 +186,14 @@ def _conv_add(conv: nn.Conv2d, x: torch.Tensor, residual: torch.Tensor) -> torch
         conv.groups, "add", None, None, [], None)
 
 
-def _fused_features(net: "EfficientNetLite0", x: torch.Tensor) -> torch.Tensor:
-    """:meth:`EfficientNetLite0.features` with BatchNorm folded and activations fused into the convs."""
+def _fused_feature_map(net: "EfficientNetLite0", x: torch.Tensor) -> torch.Tensor:
+    """:meth:`EfficientNetLite0.feature_map` with BatchNorm folded and activations fused into the convs."""
     x = _conv_relu6(net._conv_stem, x)
     for blk in net._blocks:
         y = _conv_relu6(blk._expand_conv, x) if blk.expand else x
         y = _conv_relu6(blk._depthwise_conv, y)
         x = _conv_add(blk._project_conv, y, x) if blk.residual else blk._project_conv(y)
-    return _conv_relu6(net._conv_head, x).mean(dim=(2, 3))
+    return _conv_relu6(net._conv_head, x)
 
 
 def lite0_weights_path() -> Path:

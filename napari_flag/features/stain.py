@@ -27,17 +27,21 @@ def _matrices() -> tuple[np.ndarray, np.ndarray]:
     return hed_from_rgb.astype(np.float32), rgb_from_hed.astype(np.float32)
 
 
-def restain(patches: np.ndarray, h: float = 1.0, e: float = 1.0) -> np.ndarray:
+def restain(patches: np.ndarray, h: float = 1.0, e: float = 1.0, mix: np.ndarray | None = None) -> np.ndarray:
     """``uint8 (..., 3)`` RGB with haematoxylin and eosin optical densities scaled by ``h`` and ``e``.
 
     ``h = e = 1`` returns the input.  Scaling happens on the stain
     concentrations of the colour deconvolution, so background (no stain)
-    stays white whatever the scales.
+    stays white whatever the scales.  ``mix``: ``(3, 3)`` RGB optical
+    densities of H, E and DAB (rows) to mix the amounts back with, in place of
+    scikit-image's (dyes of another hue).
     """
     patches = np.asarray(patches)
-    if h == 1.0 and e == 1.0:
+    if h == 1.0 and e == 1.0 and mix is None:
         return patches
     to_hed, to_rgb = _matrices()
+    if mix is not None:
+        to_rgb = np.asarray(mix, dtype=np.float32)
     rgb = patches.astype(np.float32)
     od = -np.log(np.maximum(rgb / 255.0, 1e-6))  # skimage's rgb2hed, without its clipping of 0
     conc = od @ to_hed

@@ -109,10 +109,6 @@ class StainNormaliser:
         unmix = np.linalg.pinv(source.matrix.astype(np.float64)).astype(np.float32)  # (2, 3)
         self._m = (unmix.T * scale) @ reference.matrix.T  # (3, 3), applied to row vectors
 
-    @property
-    def key(self) -> str:
-        return f"norm:{self.source.key}>{self.reference.key}"
-
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         od = _od(patches) @ self._m
         out = 256.0 * np.exp(-np.maximum(od, 0.0)) - 1.0
@@ -148,6 +144,11 @@ def reference_from_samples(samples, encoder) -> StainBasis:
     return estimate_stains(pix, "training slides")
 
 
+def checkpoint_reference(samples, encoder, normalise: bool = True) -> dict:
+    """What a checkpoint records as ``stain``: the slides' pooled reference and whether to normalise."""
+    return {**reference_from_samples(samples, encoder).to_dict(), "normalise": bool(normalise)}
+
+
 class _LazyNormaliser:
     """Estimates the slide's stains on first use (a cached slide's features never need them)."""
 
@@ -179,6 +180,13 @@ class _LazyNormaliser:
                 self._norm = StainNormaliser(src, self.reference)
                 self.estimate_s = time.perf_counter() - t0
             return self._norm
+
+    def record(self) -> dict:
+        """What a prediction records: the reference and, once estimated, the slide's stains and time."""
+        out = {"method": "macenko", "reference": self.reference.to_dict()}
+        if self._norm is not None:
+            out.update(slide=self._norm.source.to_dict(), estimate_s=round(float(self.estimate_s), 3))
+        return out
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         if self._augment is not None:

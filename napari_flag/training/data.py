@@ -17,6 +17,7 @@ from ..data import load_sample
 from ..data.lattice import training_geometry
 from ..data.panel import GenePanel, select_hmhvg
 from ..errors import FlagInputError
+from ..features.stain_norm import checkpoint_reference, normalised_encoder
 from ..gene_prior import load_gene_prior
 from ..inference import SlideData, encoder_identity, make_encoder, prepare_slide
 
@@ -166,7 +167,7 @@ def prepare_data(
         _require_genes(train_s, panel.genes)
     if encoder is None:
         encoder = make_encoder(cfg.encoder, device, cfg.encoder_kw)
-    stain = _stain_reference(train_s, encoder) if cfg.stain_norm else None
+    stain = checkpoint_reference(train_s, encoder) if cfg.stain_norm else None
     train = [_prepare(s, encoder, cfg, panel, progress, augment=True) for s in train_s]
     # validation slides are seen as predictions will see them: normalised to the training stains
     val = [_prepare(s, _normalised(encoder, s, stain), cfg, panel, progress) for s in val_s]
@@ -188,13 +189,4 @@ def prepare_data(
 
 def _normalised(encoder, sample, stain: dict | None):
     """``encoder`` seeing ``sample`` normalised to the reference ``stain`` (unchanged without one)."""
-    from ..features.stain_norm import normalised_encoder
-
     return encoder if stain is None else normalised_encoder(encoder, sample, stain)
-
-
-def _stain_reference(samples, encoder) -> dict:
-    """The pooled Macenko stains of the training slides, as the checkpoint records them."""
-    from ..features.stain_norm import reference_from_samples
-
-    return {**reference_from_samples(samples, encoder).to_dict(), "normalise": True}
